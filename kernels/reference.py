@@ -1,0 +1,145 @@
+"""Torch implementation of the selective scan (S6) and of VMamba's 2D cross scan.
+
+This is both the reference the Triton kernels are checked against and the CPU path of the model,
+so it is vectorized: the recurrence ``h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t`` is
+solved chunk by chunk over the sequence, each chunk in closed form with a masked (T, T) matrix of
+decays ``exp(sum_{r=s+1..t} delta_r * A)`` (the "segment sum" form: every exponent is <= 0, so it
+never overflows), and only the chunk-to-chunk carry is sequential. The loop therefore runs L / T
+times instead of L times.
+
+Shapes follow mamba-ssm's ``selective_scan_fn``:
+    u, delta: (batch, channels, L); A: (channels, N); B, C: (batch, groups, N, L);
+    D, delta_bias: (channels,); channels must be a multiple of groups, channel ``d`` uses group
+    ``d // (channels // groups)``.
+
+The 2D cross scan flattens an (H, W) map into K = 4 sequences (row-major, column-major, and both
+reversed); the cross merge maps each sequence back to (H, W) and sums them.
+"""
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_selective_scan_inputs, check_ss2d_inputs
+
+__all__ = [
+    'selective_scan_torch', 'scan_orders', 'cross_scan', 'cross_merge', 'to_scan_order',
+    'ss2d_scan_torch', 'default_chunk_size'
+]
+
+NUM_DIRECTIONS = 4
+# The chunk's (batch, channels, N, T, T) decay matrix is kept under this many elements.
+_MAX_DECAY_ELEMENTS = 1 << 23
+
+
+def default_chunk_size(batch, channels, d_state, length):
+    """Largest power-of-two chunk in [4, 64] whose decay matrix stays under the memory cap."""
+    per_t2 = max(1, batch * channels * d_state)
+    t = int(math.sqrt(_MAX_DECAY_ELEMENTS / per_t2))
+    t = 1 << max(2, min(6, t.bit_length() - 1)) if t >= 1 else 4
+    return max(1, min(t, length))
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
+                         chunk_size=None):
+    """S6 selective scan (mamba-ssm semantics), chunked closed form. Returns y like ``u`` in
+    shape, in float32 (float64 when ``u`` is float64)."""
+    check_selective_scan_inputs(u, delta, A, B, C, D, delta_bias)
+    cdt = _compute_dtype(u.dtype)
+    batch, channels, length = u.shape
+    groups, d_state = B.shape[1], A.shape[1]
+    u_c = u.to(cdt)
+    delta_c = delta.to(cdt)
+    if delta_bias is not None:
+        delta_c = delta_c + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        delta_c = F.softplus(delta_c)
+    A_c = A.to(cdt)
+    # (batch, groups, 1, N, L) broadcasts against channels split as (groups, channels // groups)
+    B_c = B.to(cdt).unsqueeze(2)
+    C_c = C.to(cdt).unsqueeze(2)
+    per_group = channels // groups
+    T = chunk_size or default_chunk_size(batch, channels, d_state, length)
+
+    du = (delta_c * u_c).view(batch, groups, per_group, 1, length)
+    dA = (delta_c.view(batch, groups, per_group, 1, length) *
+          A_c.view(groups, per_group, d_state, 1))  # (b, g, p, N, L)
+    h = u_c.new_zeros(batch, groups, per_group, d_state)
+    causal = torch.ones(T, T, dtype=torch.bool, device=u.device).tril()
+    ys = []
+    for start in range(0, length, T):
+        stop = min(start + T, length)
+        n = stop - start
+        cum = dA[..., start:stop].cumsum(-1)  # (b, g, p, N, n)
+        seg = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # [t, s] = cum_t - cum_s
+        mask = causal[:n, :n]
+        decay = torch.exp(seg.masked_fill(~mask, float('-inf')))
+        inputs = du[..., start:stop] * B_c[..., start:stop]  # (b, g, p, N, n)
+        states = (decay @ inputs.unsqueeze(-1)).squeeze(-1)
+        states = states + torch.exp(cum) * h.unsqueeze(-1)
+        ys.append((states * C_c[..., start:stop]).sum(3))
+        h = states[..., -1]
+    y = torch.cat(ys, -1).reshape(batch, channels, length)
+    if D is not None:
+        y = y + D.to(cdt)[:, None] * u_c
+    return y
+
+
+@lru_cache(maxsize=64)
+def _orders_cpu(height, width):
+    length = height * width
+    row = torch.arange(length)
+    col = row.view(height, width).t().reshape(-1)
+    return torch.stack([row, col, row.flip(0), col.flip(0)])
+
+
+def scan_orders(height, width, device=None):
+    """(4, H*W) long tensor: ``orders[k, t]`` is the row-major spatial index visited at step t of
+    direction k (0: row-major, 1: column-major, 2: reversed row-major, 3: reversed column-major)."""
+    orders = _orders_cpu(int(height), int(width))
+    return orders if device is None else orders.to(device)
+
+
+def to_scan_order(t, height, width):
+    """(batch, 4, J, H*W) in spatial order -> the same in each direction's scan order."""
+    orders = scan_orders(height, width, t.device)
+    index = orders.view(1, NUM_DIRECTIONS, 1, -1).expand(t.shape[0], -1, t.shape[2], -1)
+    return torch.gather(t, 3, index)
+
+
+def cross_scan(x):
+    """(batch, C, H, W) -> (batch, 4, C, H*W): the map read in the 4 scan orders."""
+    batch, channels, height, width = x.shape
+    flat = x.reshape(batch, 1, channels, height * width).expand(-1, NUM_DIRECTIONS, -1, -1)
+    return to_scan_order(flat, height, width)
+
+
+def cross_merge(ys, height, width):
+    """(batch, 4, C, H*W) in scan order -> (batch, C, H, W): each direction mapped back, summed."""
+    batch, k, channels, length = ys.shape
+    orders = scan_orders(height, width, ys.device)
+    index = orders.view(1, NUM_DIRECTIONS, 1, -1).expand(batch, -1, channels, -1)
+    spatial = torch.zeros_like(ys).scatter_(3, index, ys)
+    return spatial.sum(1).view(batch, channels, height, width)
+
+
+def ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, chunk_size=None):
+    """Torch path of the fused SS2D core (see :func:`vmamba_kernels.ss2d_scan` for the contract).
+
+    Returns (batch, C, H, W) float32 (float64 for float64 inputs)."""
+    check_ss2d_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    batch, channels, height, width = x.shape
+    cdt = _compute_dtype(x.dtype)
+    xs = cross_scan(x)
+    delta = torch.einsum('kcr,bkrl->bkcl', dt_weight.to(cdt), dt_low.to(cdt))
+    delta = to_scan_order(delta, height, width)
+    ys = selective_scan_torch(
+        xs.reshape(batch, NUM_DIRECTIONS * channels, -1), delta.reshape(batch, -1, height * width),
+        A, to_scan_order(Bs, height, width), to_scan_order(Cs, height, width), D,
+        delta_bias=dt_bias.reshape(-1), delta_softplus=True, chunk_size=chunk_size)
+    return cross_merge(ys.view(batch, NUM_DIRECTIONS, channels, -1), height, width)

@@ -1,0 +1,9 @@
+"""mmvmamba: VMamba for OpenMMLab (mmpretrain, mmdet, mmseg) on a Triton selective scan.
+
+Importing the package applies the torch compatibility fixes (:mod:`mmvmamba.compat`) and registers
+the models in mmengine's root registries, where the mmpretrain, mmdet and mmseg scopes find them.
+"""
+from . import compat  # noqa: F401  (must run before mmengine/mm* code loads checkpoints)
+from .version import __version__
+
+__all__ = ['__version__']

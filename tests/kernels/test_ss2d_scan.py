@@ -1,0 +1,211 @@
+"""SS2D core: Triton path (interpreter on CPU) and torch path against the float64 step-by-step
+reference, over random shapes; gradcheck; determinism; backend switch; bad input."""
+import math
+import random
+
+import pytest
+import torch
+
+import vmamba_kernels as vk
+from vmamba_kernels.ss2d_triton import ss2d_scan_triton
+
+from .naive import _direction_order, naive_selective_scan, naive_ss2d
+
+PARAMS = ('x', 'dt_low', 'dt_weight', 'dt_bias', 'A', 'Bs', 'Cs', 'D')
+
+
+def make_inputs(batch, channels, height, width, rank, d_state, dtype=torch.float32, seed=None):
+    """Fresh random inputs in the ranges the model produces (dt bias from Mamba's init)."""
+    g = torch.Generator().manual_seed(seed if seed is not None else random.randrange(1 << 30))
+    length = height * width
+    dt = torch.exp(torch.rand(4, channels, generator=g) * math.log(100) + math.log(1e-3))
+    return dict(
+        x=torch.randn(batch, channels, height, width, generator=g).to(dtype),
+        dt_low=(torch.randn(batch, 4, rank, length, generator=g) * 0.7).to(dtype),
+        dt_weight=torch.randn(4, channels, rank, generator=g) * rank**-0.5,
+        dt_bias=dt + torch.log(-torch.expm1(-dt)),
+        A=-(torch.rand(4 * channels, d_state, generator=g) * 3 + 0.05),
+        Bs=torch.randn(batch, 4, d_state, length, generator=g).to(dtype),
+        Cs=torch.randn(batch, 4, d_state, length, generator=g).to(dtype),
+        D=torch.randn(4 * channels, generator=g))
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+def forward_and_grads(fn, inputs, grad_out):
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    y = fn(**leaves)
+    grads = torch.autograd.grad(y, list(leaves.values()), grad_out.to(y.dtype))
+    return y, dict(zip(leaves, grads))
+
+
+def check_against_reference(fn, inputs, tol):
+    ref_in = {k: v.double() for k, v in inputs.items()}
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    y_ref, g_ref = forward_and_grads(naive_ss2d, ref_in, grad_out)
+    y, g = forward_and_grads(fn, inputs, grad_out)
+    assert y.shape == inputs['x'].shape and y.dtype in (torch.float32, torch.float64)
+    assert rel_err(y, y_ref) <= tol, ('y', rel_err(y, y_ref))
+    for name in PARAMS:
+        assert g[name].dtype == inputs[name].dtype
+        assert rel_err(g[name], g_ref[name]) <= tol, (name, rel_err(g[name], g_ref[name]))
+
+
+# (batch, channels, H, W, rank, d_state): odd and unit sizes, several channel counts and batches
+TRITON_SHAPES = [(2, 5, 3, 7, 3, 1), (1, 20, 5, 1, 2, 4), (3, 3, 1, 9, 1, 16), (1, 17, 6, 5, 4, 1)]
+TORCH_SHAPES = TRITON_SHAPES + [(4, 33, 11, 13, 5, 1), (2, 8, 1, 1, 2, 16), (1, 6, 23, 3, 3, 4)]
+
+
+@pytest.mark.parametrize('shape', TRITON_SHAPES)
+def test_triton_fp32_matches_float64_reference(shape):
+    check_against_reference(lambda **kw: vk.ss2d_scan(**kw, backend='triton'),
+                            make_inputs(*shape), 1e-5)
+
+
+def test_triton_chunk_carries_match_reference():
+    # many chunks per sequence and several channel blocks: exercises the state carried between
+    # chunks in the forward and the gradient carried backwards in the backward
+    check_against_reference(lambda **kw: ss2d_scan_triton(**kw, block_c=4, block_l=4),
+                            make_inputs(2, 9, 5, 3, 2, 4), 1e-5)
+
+
+@pytest.mark.parametrize('shape', TORCH_SHAPES)
+def test_torch_path_fp32_matches_float64_reference(shape):
+    check_against_reference(lambda **kw: vk.ss2d_scan(**kw, backend='torch'),
+                            make_inputs(*shape), 1e-5)
+
+
+def test_torch_path_small_chunks_match_reference():
+    check_against_reference(lambda **kw: vk.ss2d_scan_torch(**kw, chunk_size=3),
+                            make_inputs(2, 6, 4, 5, 2, 4), 1e-5)
+
+
+@pytest.mark.parametrize('backend', ['triton', 'torch'])
+def test_bf16_inputs_within_1e_2(backend):
+    bf16 = {'x', 'dt_low', 'Bs', 'Cs'}
+    inputs = make_inputs(2, 12, 5, 7, 3, 4)
+    inputs = {k: v.bfloat16() if k in bf16 else v for k, v in inputs.items()}
+    check_against_reference(lambda **kw: vk.ss2d_scan(**kw, backend=backend), inputs, 1e-2)
+
+
+def test_torch_path_gradcheck_float64():
+    inputs = {k: v.double().requires_grad_(True) for k, v in make_inputs(1, 3, 3, 2, 2, 2).items()}
+    names = list(inputs)
+
+    def fn(*args):
+        return vk.ss2d_scan_torch(**dict(zip(names, args)), chunk_size=2)
+
+    assert torch.autograd.gradcheck(fn, tuple(inputs.values()), eps=1e-6, atol=1e-6)
+
+
+def test_triton_backward_is_bitwise_deterministic():
+    inputs = make_inputs(2, 10, 4, 5, 2, 4)
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    fn = lambda **kw: ss2d_scan_triton(**kw, block_c=4, block_l=8)  # noqa: E731
+    y1, g1 = forward_and_grads(fn, inputs, grad_out)
+    y2, g2 = forward_and_grads(fn, inputs, grad_out)
+    assert torch.equal(y1, y2)
+    for name in PARAMS:
+        assert torch.equal(g1[name], g2[name]), name
+
+
+@pytest.mark.parametrize('groups,use_d,use_bias,softplus', [(1, True, True, True),
+                                                          (3, False, False, False),
+                                                          (6, True, False, True)])
+def test_selective_scan_torch_matches_step_by_step(groups, use_d, use_bias, softplus):
+    batch, channels, length, d_state = 2, 6, 37, 4
+    u = torch.randn(batch, channels, length)
+    delta = torch.rand(batch, channels, length) * 0.5
+    A = -torch.rand(channels, d_state) * 2
+    B = torch.randn(batch, groups, d_state, length)
+    C = torch.randn(batch, groups, d_state, length)
+    D = torch.randn(channels) if use_d else None
+    bias = torch.randn(channels) * 0.3 if use_bias else None
+    y = vk.selective_scan_torch(u, delta, A, B, C, D, bias, softplus, chunk_size=8)
+    ref = naive_selective_scan(u, delta, A, B, C, D, bias, softplus)
+    assert rel_err(y, ref) <= 1e-5
+
+
+@pytest.mark.parametrize('height,width', [(1, 1), (3, 5), (4, 1), (6, 6)])
+def test_cross_scan_and_merge_follow_the_four_orders(height, width):
+    x = torch.randn(2, 3, height, width)
+    xs = vk.cross_scan(x)
+    flat = x.flatten(2)
+    for k in range(4):
+        assert torch.equal(xs[:, k], flat[:, :, _direction_order(k, height, width)])
+    ys = torch.randn(2, 4, 3, height * width)
+    merged = torch.zeros_like(flat)
+    for k in range(4):
+        merged[:, :, _direction_order(k, height, width)] += ys[:, k]
+    assert torch.allclose(vk.cross_merge(ys, height, width).flatten(2), merged)
+
+
+def test_backend_switch(monkeypatch):
+    x = torch.zeros(1)
+    monkeypatch.delenv(vk.BACKEND_ENV, raising=False)
+    assert vk.resolve_backend(None, x) == 'torch'  # auto on CPU
+    assert vk.resolve_backend('torch', x) == 'torch'
+    monkeypatch.setenv(vk.BACKEND_ENV, 'triton')
+    assert vk.resolve_backend(None, x) == 'triton'  # the interpreter is on in tests
+    monkeypatch.setenv('TRITON_INTERPRET', '0')
+    with pytest.raises(ValueError, match='needs CUDA tensors'):
+        vk.resolve_backend(None, x)
+    monkeypatch.setenv(vk.BACKEND_ENV, 'cuda')
+    with pytest.raises(ValueError, match="got 'cuda'"):
+        vk.resolve_backend(None, x)
+
+
+def test_env_backend_is_used_by_ss2d_scan(monkeypatch):
+    inputs = make_inputs(1, 3, 2, 3, 2, 1)
+    monkeypatch.setenv(vk.BACKEND_ENV, 'triton')
+    y_triton = vk.ss2d_scan(**inputs)
+    monkeypatch.setenv(vk.BACKEND_ENV, 'torch')
+    y_torch = vk.ss2d_scan(**inputs)
+    assert rel_err(y_triton, y_torch) < 1e-5
+
+
+def _bad(**changes):
+    inputs = make_inputs(2, 4, 3, 3, 2, 1, seed=0)
+    inputs.update(changes)
+    return inputs
+
+
+@pytest.mark.parametrize('backend', ['triton', 'torch'])
+@pytest.mark.parametrize('changes,error,match', [
+    (dict(x=torch.randn(2, 4, 9)), ValueError, r'x must have 4 dimensions, got shape \(2, 4, 9\)'),
+    (dict(x=torch.randn(2, 4, 3, 3).int()), TypeError, 'x must have dtype'),
+    (dict(dt_low=torch.randn(2, 4, 2, 8)), ValueError, r'dt_low must have shape \(2, 4, 2, 9\)'),
+    (dict(dt_weight=torch.randn(4, 5, 2)), ValueError, 'dt_weight must have shape'),
+    (dict(A=torch.randn(16, 1, 1)), ValueError, 'A must have 2 dimensions'),
+    (dict(A=torch.randn(12, 1)), ValueError, r'A must have shape \(16, d_state\)'),
+    (dict(Bs=torch.randn(2, 2, 1, 9)), ValueError, r'Bs must have shape \(2, 4, 1, 9\)'),
+    (dict(Cs=torch.randn(2, 4, 2, 9)), ValueError, 'Cs must have shape'),
+    (dict(D=torch.randn(4)), ValueError, r'D must have shape \(16,\)'),
+    (dict(dt_bias=torch.randn(4, 4, device='meta')), ValueError, 'dt_bias is on meta'),
+    (dict(x=[[1.0]]), TypeError, 'x must be a torch.Tensor'),
+])
+def test_bad_input_names_the_argument(backend, changes, error, match):
+    with pytest.raises(error, match=match):
+        vk.ss2d_scan(**_bad(**changes), backend=backend)
+
+
+def test_triton_refuses_non_contiguous_and_float64():
+    inputs = make_inputs(2, 4, 3, 3, 2, 1, seed=0)
+    inputs['Bs'] = torch.randn(2, 4, 1, 18)[..., ::2]
+    with pytest.raises(ValueError, match='Bs must be contiguous'):
+        vk.ss2d_scan(**inputs, backend='triton')
+    with pytest.raises(TypeError, match='float64'):
+        vk.ss2d_scan(**{k: v.double() for k, v in make_inputs(1, 2, 2, 2, 1, 1).items()},
+                     backend='triton')
+
+
+def test_selective_scan_mismatched_groups():
+    u = torch.randn(1, 6, 5)
+    with pytest.raises(ValueError, match=r'multiple of groups \(4\)'):
+        vk.selective_scan_torch(u, u, torch.randn(6, 2), torch.randn(1, 4, 2, 5),
+                                torch.randn(1, 4, 2, 5))
+    with pytest.raises(ValueError, match='same number of groups'):
+        vk.selective_scan_torch(u, u, torch.randn(6, 2), torch.randn(1, 3, 2, 5),
+                                torch.randn(1, 2, 2, 5))

@@ -1,0 +1,197 @@
+"""Benchmark and full-size check of the fused SS2D core (needs a CUDA GPU; torch + triton only).
+
+For each stage shape of VMamba-T at 224x224 (stage 1: 56x56, d_inner 96, ... stage 4: 7x7, 768),
+batch 128, bf16 inputs, d_state 1, it times forward and forward+backward of
+  fused    - vmamba_kernels.ss2d_scan (Triton: reads the map in 4 orders, merged output),
+  unfused  - materialized cross-scan (torch) + the same scan kernel per direction + torch merge,
+  torch    - the torch path (the model's CPU path) on the GPU,
+against the byte floor (forward: read x once, write y once; forward+backward adds reading x and
+dy and writing dx), and checks the fused path against the float64 torch reference.
+
+    python tools/analysis/benchmark_scan.py [--batch 128] [--stages 1 2 3 4] [--skip-torch]
+"""
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+
+def _import_kernels():
+    try:
+        import vmamba_kernels
+        return vmamba_kernels
+    except ImportError:  # running from a checkout without `pip install -e .`
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'kernels')
+        spec = importlib.util.spec_from_file_location(
+            'vmamba_kernels', os.path.join(root, '__init__.py'), submodule_search_locations=[root])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules['vmamba_kernels'] = module
+        spec.loader.exec_module(module)
+        return module
+
+
+vk = _import_kernels()
+from vmamba_kernels.ss2d_triton import ss2d_scan_unfused_triton  # noqa: E402
+
+# (H = W, d_inner, dt_rank) of VMamba-T's four stages at 224x224
+TINY_STAGES = {1: (56, 96, 6), 2: (28, 192, 12), 3: (14, 384, 24), 4: (7, 768, 48)}
+
+
+def make_inputs(batch, size, channels, rank, d_state, dtype, device, seed):
+    g = torch.Generator(device='cpu').manual_seed(seed)
+    length = size * size
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device)
+
+    dt = torch.exp(torch.rand(4, channels, generator=g) * (math.log(0.1) - math.log(1e-3)) +
+                   math.log(1e-3))
+    return dict(
+        x=rnd(batch, channels, size, size).to(dtype),
+        dt_low=rnd(batch, 4, rank, length, scale=0.5).to(dtype),
+        dt_weight=rnd(4, channels, rank, scale=rank**-0.5),
+        dt_bias=(dt + torch.log(-torch.expm1(-dt))).to(device),
+        A=-torch.exp(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(
+            4 * channels, 1)).to(device),
+        Bs=rnd(batch, 4, d_state, length).to(dtype),
+        Cs=rnd(batch, 4, d_state, length).to(dtype),
+        D=torch.ones(4 * channels, device=device))
+
+
+def fused(inp, backend='triton'):
+    return vk.ss2d_scan(**inp, backend=backend)
+
+
+def unfused(inp):
+    x = inp['x']
+    size = x.shape[-1]
+    xs = vk.cross_scan(x).contiguous()
+    ys = ss2d_scan_unfused_triton(
+        xs, vk.to_scan_order(inp['dt_low'], size, size).contiguous(), inp['dt_weight'],
+        inp['dt_bias'], inp['A'], vk.to_scan_order(inp['Bs'], size, size).contiguous(),
+        vk.to_scan_order(inp['Cs'], size, size).contiguous(), inp['D'], size, size)
+    return vk.cross_merge(ys, size, size)
+
+
+def bench(fn, inp, backward, reps):
+    from triton.testing import do_bench
+    leaves = [v for v in inp.values() if v is not None]
+    if backward:
+        for v in leaves:
+            v.requires_grad_(True)
+        grad = torch.randn_like(fn(inp))
+
+        def step():
+            for v in leaves:
+                v.grad = None
+            fn(inp).backward(grad)
+    else:
+        for v in leaves:
+            v.requires_grad_(False)
+
+        def step():
+            with torch.no_grad():
+                fn(inp)
+    return do_bench(step, warmup=reps * 5, rep=reps * 25, return_mode='median')
+
+
+def rel_err(a, b):
+    return ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def check(inp, grad_batch):
+    """Fused Triton output (full batch) and all gradients (first grad_batch images) vs float64."""
+    with torch.no_grad():
+        y = fused(inp)
+        ref = vk.ss2d_scan_torch(**{k: v.double() for k, v in inp.items()})
+    errs = {'y': rel_err(y, ref)}
+    del ref
+    sub = {k: (v[:grad_batch] if k in ('x', 'dt_low', 'Bs', 'Cs') else v).detach().clone()
+           for k, v in inp.items()}
+    sub64 = {k: v.double().requires_grad_(True) for k, v in sub.items()}
+    for v in sub.values():
+        v.requires_grad_(True)
+    y = fused(sub)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    vk.ss2d_scan_torch(**sub64).backward(grad.double())
+    for k in sub:
+        errs['d' + k] = rel_err(sub[k].grad, sub64[k].grad)
+    return errs
+
+
+def copy_bandwidth(device):
+    from triton.testing import do_bench
+    src = torch.empty(1 << 28, dtype=torch.float32, device=device).normal_()
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), return_mode='median')
+    return 2 * src.numel() * 4 / ms / 1e9  # TB/s, read + write
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--stages', type=int, nargs='+', default=[1, 2, 3, 4])
+    parser.add_argument('--d-state', type=int, default=1)
+    parser.add_argument('--reps', type=int, default=10, help='timing budget scale')
+    parser.add_argument('--skip-torch', action='store_true', help='do not time the torch path')
+    parser.add_argument('--check-batch', type=int, default=16,
+                        help='images in the float64 gradient check (forward uses all)')
+    parser.add_argument('--json', help='write the results here')
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit('benchmark_scan.py needs a CUDA GPU')
+    dev = torch.device('cuda')
+    bw = copy_bandwidth(dev)
+    print(f'device: {torch.cuda.get_device_name()}, torch {torch.__version__}, '
+          f'copy bandwidth {bw:.2f} TB/s (read + write)', flush=True)
+    rows = []
+    for stage in args.stages:
+        size, channels, rank = TINY_STAGES[stage]
+        inp = make_inputs(args.batch, size, channels, rank, args.d_state, torch.bfloat16, dev,
+                          seed=stage)
+        n_el = args.batch * channels * size * size
+        row = dict(stage=stage, H=size, C=channels, R=rank,
+                   floor_fwd=n_el * (2 + 4) / bw / 1e9,
+                   floor_fwdbwd=n_el * (2 + 4 + 2 + 4 + 2) / bw / 1e9)
+        t0 = time.time()
+        row['err'] = check(inp, args.check_batch)
+        print(f'stage {stage}: check vs float64 done in {time.time() - t0:.1f}s: ' +
+              ' '.join(f'{k} {v:.1e}' for k, v in row['err'].items()), flush=True)
+        variants = [('fused', fused), ('unfused', unfused)]
+        if not args.skip_torch:
+            variants.append(('torch', lambda i: fused(i, backend='torch')))
+        for name, fn in variants:
+            reps = 2 if name == 'torch' else args.reps
+            row[name + '_fwd'] = bench(fn, inp, False, reps)
+            row[name + '_fwdbwd'] = bench(fn, inp, True, reps)
+            print(f'stage {stage} {name}: fwd {row[name + "_fwd"]:.3f} ms, fwd+bwd '
+                  f'{row[name + "_fwdbwd"]:.3f} ms', flush=True)
+        rows.append(row)
+        del inp
+        torch.cuda.empty_cache()
+    names = ['fused', 'unfused'] + ([] if args.skip_torch else ['torch'])
+    head = '| stage | H=W | C | ' + ' | '.join(f'{n} fwd | {n} fwd+bwd' for n in names)
+    print('\nSS2D core, batch %d, bf16 inputs, d_state %d, times in ms (median)' %
+          (args.batch, args.d_state))
+    print(head + ' | floor fwd | floor fwd+bwd | fused fwd+bwd / floor |')
+    print('|' + '---|' * (head.count('|') + 3))
+    for r in rows:
+        cells = [f"{r[n + '_fwd']:.3f} | {r[n + '_fwdbwd']:.3f}" for n in names]
+        print(f"| {r['stage']} | {r['H']} | {r['C']} | " + ' | '.join(cells) +
+              f" | {r['floor_fwd']:.3f} | {r['floor_fwdbwd']:.3f} | "
+              f"{r['fused_fwdbwd'] / r['floor_fwdbwd']:.1f}x |")
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), bandwidth_tbs=bw, rows=rows), f,
+                      indent=1)
+
+
+if __name__ == '__main__':
+    main()
