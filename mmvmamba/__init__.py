@@ -3,7 +3,8 @@
 Importing the package applies the torch compatibility fixes (:mod:`mmvmamba.compat`) and registers
 the models in mmengine's root registries, where the mmpretrain, mmdet and mmseg scopes find them.
 """
-from . import compat  # noqa: F401  (must run before mmengine/mm* code loads checkpoints)
+from . import compat  # noqa: F401,I001  (first: fixes must be in place before mm* imports)
+from . import models  # noqa: F401  (registers VMamba)
 from .version import __version__
 
 __all__ = ['__version__']

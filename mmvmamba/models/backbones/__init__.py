@@ -1,0 +1,3 @@
+from .vmamba import VMamba
+
+__all__ = ['VMamba']

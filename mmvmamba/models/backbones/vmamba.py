@@ -1,0 +1,199 @@
+"""VMamba backbone (final and v0 architectures) for mmpretrain, mmdet and mmseg."""
+from copy import deepcopy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+
+from mmvmamba.registry import MODELS
+
+from ..embed import PatchMerging2d, conv_downsample, conv_stem, patchify_stem
+from ..utils.checkpoint import load_backbone_checkpoint
+from ..utils.layers import LayerNorm2d
+from ..vss_block import VSSBlock
+
+_FINAL = dict(d_state=1, mlp_ratio=4.0, conv_bias=False, gate=False, stem='conv',
+              downsample='conv')
+_V0 = dict(d_state=16, ssm_ratio=2.0, mlp_ratio=0.0, conv_bias=True, gate=True, stem='patchify',
+           downsample='merging')
+
+
+class VMambaStage(nn.Module):
+    """``blocks`` then ``downsample`` (the authors' layout: the stage's output feature is taken
+    before its downsample)."""
+
+    def __init__(self, blocks, downsample):
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+        self.downsample = downsample
+
+
+@MODELS.register_module()
+class VMamba(BaseModule):
+    """VMamba: Visual State Space Model (Liu et al., NeurIPS 2024).
+
+    Args:
+        arch (str | dict): 'tiny', 'small', 'base' (final models) or 'v0-tiny', 'v0-small',
+            'v0-base' (first version); or a dict with keys ``dims`` (int or 4 ints), ``depths``,
+            ``d_state``, ``ssm_ratio``, ``mlp_ratio``, ``conv_bias``, ``gate``, ``stem``
+            ('conv' | 'patchify'), ``downsample`` ('conv' | 'merging') and ``drop_path_rate``.
+            Default: 'tiny'.
+        in_channels (int): input image channels. Default: 3.
+        out_indices (Sequence[int]): stages whose outputs are returned (strides 4, 8, 16, 32).
+            Default: (3, ).
+        norm_outputs (bool): apply a LayerNorm (``outnorm{i}``) to each returned stage; for
+            classification ``outnorm3`` is the final norm. Default: True.
+        frozen_stages (int): -1 freezes nothing; 0 freezes the stem; i > 0 also freezes stages
+            0..i-1 (and their output norms). Default: -1.
+        drop_path_rate (float, optional): stochastic depth, linear over blocks; None uses the
+            arch's value. Default: None.
+        with_cp (bool): activation checkpointing per block. Default: False.
+        scan_backend (str, optional): 'auto' | 'triton' | 'torch' for the selective scan
+            (None: ``$VMAMBA_SCAN_BACKEND`` or auto: Triton on CUDA, torch on CPU).
+        init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH,
+            prefix='backbone.')``; loads our checkpoints and the authors' released files
+            (strict about shapes, missing/unexpected keys reported). Default: None.
+    """
+    arch_settings = {
+        'tiny': dict(dims=96, depths=(2, 2, 8, 2), ssm_ratio=1.0, drop_path_rate=0.2, **_FINAL),
+        'small': dict(dims=96, depths=(2, 2, 15, 2), ssm_ratio=2.0, drop_path_rate=0.3, **_FINAL),
+        'base': dict(dims=128, depths=(2, 2, 15, 2), ssm_ratio=2.0, drop_path_rate=0.6, **_FINAL),
+        'v0-tiny': dict(dims=96, depths=(2, 2, 9, 2), drop_path_rate=0.2, **_V0),
+        'v0-small': dict(dims=96, depths=(2, 2, 27, 2), drop_path_rate=0.3, **_V0),
+        'v0-base': dict(dims=128, depths=(2, 2, 27, 2), drop_path_rate=0.5, **_V0),
+    }
+    arch_settings.update(t=arch_settings['tiny'], s=arch_settings['small'],
+                         b=arch_settings['base'])
+    _ARCH_KEYS = {'dims', 'depths', 'd_state', 'ssm_ratio', 'mlp_ratio', 'conv_bias', 'gate',
+                  'stem', 'downsample', 'drop_path_rate'}
+
+    def __init__(self, arch='tiny', in_channels=3, out_indices=(3, ), norm_outputs=True,
+                 frozen_stages=-1, drop_path_rate=None, with_cp=False, scan_backend=None,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        cfg = self._arch_config(arch)
+        dims = cfg['dims']
+        dims = [dims * 2**i for i in range(len(cfg['depths']))] if isinstance(dims, int) else list(
+            dims)
+        depths = list(cfg['depths'])
+        if len(dims) != len(depths):
+            raise ValueError(f'arch dims {dims} and depths {depths} must have the same length')
+        num_stages = len(depths)
+        out_indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        for i in out_indices:
+            if not -num_stages <= i < num_stages:
+                raise ValueError(f'out_indices entry {i} is out of range for {num_stages} stages')
+        self.out_indices = sorted(i % num_stages for i in out_indices)
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages must be in [-1, {num_stages}], got {frozen_stages}')
+        self.frozen_stages, self.with_cp, self.norm_outputs = frozen_stages, with_cp, norm_outputs
+        self.dims, self.depths = dims, depths
+        self.num_features = [dims[i] for i in self.out_indices]
+        rate = cfg['drop_path_rate'] if drop_path_rate is None else drop_path_rate
+        rates = torch.linspace(0, rate, sum(depths)).tolist()
+
+        stem = {'conv': conv_stem, 'patchify': patchify_stem}[cfg['stem']]
+        down = {'conv': conv_downsample, 'merging': PatchMerging2d}[cfg['downsample']]
+        self.patch_embed = stem(in_channels, dims[0])
+        # the 4x4 patchify stem pads to a multiple of 4 so every stem gives ceil(H / 4)
+        self.stem_multiple = 4 if cfg['stem'] == 'patchify' else 1
+        ssm_cfg = dict(d_state=cfg['d_state'], ssm_ratio=cfg['ssm_ratio'],
+                       conv_bias=cfg['conv_bias'], gate=cfg['gate'], scan_backend=scan_backend)
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            start = sum(depths[:i])
+            blocks = [VSSBlock(dims[i], rates[start + j], cfg['mlp_ratio'], ssm_cfg)
+                      for j in range(depth)]
+            last = i == num_stages - 1
+            self.layers.append(VMambaStage(blocks, nn.Identity() if last else down(dims[i],
+                                                                                    dims[i + 1])))
+        if norm_outputs:
+            for i in self.out_indices:
+                self.add_module(f'outnorm{i}', LayerNorm2d(dims[i]))
+        self._freeze_stages()
+
+    def _arch_config(self, arch):
+        if isinstance(arch, str):
+            if arch not in self.arch_settings:
+                raise ValueError(f'unknown VMamba arch {arch!r}; choose one of '
+                                 f'{sorted(self.arch_settings)} or pass a dict')
+            return deepcopy(self.arch_settings[arch])
+        if not isinstance(arch, dict):
+            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
+        unknown = set(arch) - self._ARCH_KEYS
+        if unknown:
+            raise ValueError(f'unknown keys {sorted(unknown)} in arch dict; allowed: '
+                             f'{sorted(self._ARCH_KEYS)}')
+        cfg = dict(drop_path_rate=0.2, ssm_ratio=1.0, **_FINAL)
+        cfg.update(arch)
+        for key in ('dims', 'depths'):
+            if key not in cfg:
+                raise ValueError(f'arch dict needs {key!r}')
+        return cfg
+
+    def init_weights(self):
+        cfg = self.init_cfg
+        self._default_init()
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            if not cfg.get('checkpoint'):
+                raise ValueError('init_cfg of type Pretrained needs a checkpoint path')
+            load_backbone_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+        elif cfg is not None:
+            super().init_weights()
+        self._is_init = True
+
+    def _default_init(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _freeze_stages(self):
+        frozen = []
+        if self.frozen_stages >= 0:
+            frozen.append(self.patch_embed)
+        for i in range(max(0, self.frozen_stages)):
+            frozen.append(self.layers[i])
+            if i in self.out_indices and self.norm_outputs:
+                frozen.append(getattr(self, f'outnorm{i}'))
+        for module in frozen:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def _run_blocks(self, blocks, x):
+        if self.with_cp and self.training and x.requires_grad:
+            for block in blocks:
+                x = cp.checkpoint(block, x, use_reentrant=False)
+            return x
+        return blocks(x)
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError(f'VMamba expects (batch, channels, H, W) input, got shape '
+                             f'{tuple(x.shape)}')
+        m = self.stem_multiple
+        if m > 1 and (x.shape[2] % m or x.shape[3] % m):
+            x = F.pad(x, (0, -x.shape[3] % m, 0, -x.shape[2] % m))
+        x = self.patch_embed(x)
+        outs = []
+        for i, layer in enumerate(self.layers):
+            x = self._run_blocks(layer.blocks, x)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'outnorm{i}')(x) if self.norm_outputs else x)
+            if i == self.out_indices[-1]:
+                break
+            x = layer.downsample(x)
+        return tuple(outs)

@@ -1,0 +1,83 @@
+"""SS2D: VMamba's 2D selective-scan mixer (steps 1-7 of the reference), channel-first."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vmamba_kernels import ss2d_scan
+
+from .utils.layers import LayerNorm2d, Linear2d
+
+NUM_DIRECTIONS = 4
+
+
+class SS2D(nn.Module):
+    """in_proj -> depthwise 3x3 conv -> SiLU -> 4-direction selective scan -> out_norm ->
+    (z gate) -> out_proj.
+
+    Args:
+        dim (int): input/output channels.
+        d_state (int): SSM state size N. Default: 1.
+        ssm_ratio (float): d_inner = ssm_ratio * dim. Default: 1.0.
+        dt_rank (int | 'auto'): rank R of the dt projection; 'auto' = ceil(dim / 16).
+        conv_bias (bool): bias of the depthwise conv. Default: False.
+        gate (bool): v0's z gate (in_proj to 2 * d_inner, y * SiLU(z)). Default: False.
+        dropout (float): dropout after out_proj. Default: 0.
+        dt_min, dt_max, dt_init_floor (float): Mamba's dt initialization range.
+        scan_backend (str, optional): 'auto' | 'triton' | 'torch', passed to
+            :func:`vmamba_kernels.ss2d_scan` (None: ``$VMAMBA_SCAN_BACKEND`` or auto).
+    """
+
+    def __init__(self, dim, d_state=1, ssm_ratio=1.0, dt_rank='auto', conv_bias=False,
+                 gate=False, dropout=0., dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4,
+                 scan_backend=None):
+        super().__init__()
+        d_inner = int(ssm_ratio * dim)
+        rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.d_inner, self.d_state, self.dt_rank, self.gate = d_inner, d_state, rank, gate
+        self.scan_backend = scan_backend
+        self.in_proj = Linear2d(dim, d_inner * (2 if gate else 1), bias=False)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=conv_bias)
+        self.act = nn.SiLU()
+        k = NUM_DIRECTIONS
+        self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.out_norm = LayerNorm2d(d_inner)
+        self.out_proj = Linear2d(d_inner, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self._dt_range = (dt_min, dt_max, dt_init_floor)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        """Mamba's initialization of the SSM parameters."""
+        dt_min, dt_max, floor = self._dt_range
+        nn.init.uniform_(self.x_proj_weight, -self.d_inner**-0.5, self.d_inner**-0.5)
+        nn.init.uniform_(self.dt_projs_weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
+        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min)) +
+                       math.log(dt_min)).clamp(min=floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        states = torch.arange(1, self.d_state + 1, dtype=torch.float32)
+        self.A_logs.copy_(torch.log(states).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+
+    def forward(self, x):
+        x = self.in_proj(x)
+        if self.gate:
+            x, z = x.chunk(2, dim=1)
+        x = self.act(self.conv2d(x))
+        batch, _, height, width = x.shape
+        proj = torch.einsum('kjc,bcl->bkjl', self.x_proj_weight.to(x.dtype), x.flatten(2))
+        dt_low, Bs, Cs = proj.split([self.dt_rank, self.d_state, self.d_state], dim=2)
+        y = ss2d_scan(x.contiguous(), dt_low.contiguous(), self.dt_projs_weight.float(),
+                      self.dt_projs_bias.float(), -torch.exp(self.A_logs.float()),
+                      Bs.contiguous(), Cs.contiguous(), self.Ds.float(),
+                      backend=self.scan_backend)
+        y = self.out_norm(y.to(x.dtype) if not torch.is_autocast_enabled() else y)
+        if self.gate:
+            y = y * F.silu(z)
+        return self.dropout(self.out_proj(y))

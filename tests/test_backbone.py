@@ -1,0 +1,197 @@
+import math
+
+import pytest
+import torch
+from mmengine.registry import DefaultScope
+
+from mmvmamba.models import VMamba
+
+SMALL = dict(dims=8, depths=(1, 1, 2, 1))
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize('arch,expected_m', [('tiny', 30.25), ('small', 50.15), ('base', 88.56),
+                                             ('v0-tiny', 22.89), ('v0-small', 44.42),
+                                             ('v0-base', 76.25)])
+def test_parameter_counts_with_1000_class_head(arch, expected_m):
+    from mmpretrain.registry import MODELS
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(dict(
+            type='ImageClassifier', backbone=dict(type='VMamba', arch=arch),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=1000,
+                      in_channels=VMamba.arch_settings[arch]['dims'] * 8)))
+    assert abs(count(model) / 1e6 - expected_m) < 0.005
+
+
+def test_tiny_matches_the_released_parameter_total_exactly():
+    assert count(VMamba('tiny')) + 768 * 1000 + 1000 == 30_249_064
+
+
+@pytest.mark.parametrize('size', [(64, 64), (67, 45), (33, 100), (7, 9)])
+@pytest.mark.parametrize('arch', ['tiny', 'v0-tiny'])
+def test_output_strides_for_any_input_size(size, arch):
+    cfg = dict(SMALL, **({} if arch == 'tiny' else {k: v for k, v in VMamba.arch_settings[
+        'v0-tiny'].items() if k not in ('dims', 'depths')}))
+    model = VMamba(cfg, out_indices=(0, 1, 2, 3)).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(2, 3, *size))
+    h, w = size
+    for i, out in enumerate(outs):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        if i == 0:
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        assert out.shape == (2, 8 * 2**i, h, w)
+
+
+def test_out_indices_select_stages():
+    model = VMamba(SMALL, out_indices=(1, 3)).eval()
+    outs = model(torch.randn(1, 3, 32, 32))
+    assert [o.shape[1] for o in outs] == [16, 64]
+    assert hasattr(model, 'outnorm1') and not hasattr(model, 'outnorm0')
+    with pytest.raises(ValueError, match='out_indices entry 5'):
+        VMamba(SMALL, out_indices=(5, ))
+
+
+@pytest.mark.parametrize('scope,registry', [('mmpretrain', 'mmpretrain.registry'),
+                                            ('mmdet', 'mmdet.registry'),
+                                            ('mmseg', 'mmseg.registry')])
+def test_builds_under_each_scope(scope, registry):
+    import importlib
+    MODELS = importlib.import_module(registry).MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        model = MODELS.build(dict(type='VMamba', arch=SMALL, out_indices=(0, 1, 2, 3)))
+    assert isinstance(model, VMamba)
+
+
+def test_forward_backward_on_cpu():
+    model = VMamba(SMALL, out_indices=(0, 1, 2, 3), drop_path_rate=0.1).train()
+    outs = model(torch.randn(2, 3, 40, 36))
+    sum(o.square().mean() for o in outs).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.layers[0].blocks[0].op.A_logs.grad.abs().sum() > 0
+
+
+def test_torch_and_triton_paths_give_the_same_model_output():
+    torch.manual_seed(0)
+    model = VMamba(dict(dims=4, depths=(1, 1, 1, 1)), out_indices=(0, 1, 2, 3),
+                   scan_backend='torch').eval()
+    x = torch.randn(1, 3, 24, 20)
+    with torch.no_grad():
+        ref = model(x)
+        for m in model.modules():
+            if hasattr(m, 'scan_backend'):
+                m.scan_backend = 'triton'
+        out = model(x)
+    for a, b in zip(out, ref):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_autocast_stays_finite_and_close():
+    torch.manual_seed(0)
+    model = VMamba(SMALL, out_indices=(3, )).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ref = model(x)[0]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(x)[0]
+        out.float().square().mean().backward()
+    assert torch.isfinite(out.float()).all()
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 0.05
+    for p in model.parameters():
+        assert torch.isfinite(p.grad).all()
+
+
+def test_frozen_stages_get_no_gradients():
+    model = VMamba(SMALL, out_indices=(0, 1, 2, 3), frozen_stages=2).train()
+    sum(o.mean() for o in model(torch.randn(1, 3, 32, 32))).backward()
+    for name, p in model.named_parameters():
+        frozen = name.startswith(('patch_embed.', 'layers.0.', 'layers.1.', 'outnorm0.',
+                                  'outnorm1.'))
+        assert (p.grad is None) == frozen, name
+    assert not model.layers[1].training and model.layers[2].training
+
+
+def test_with_cp_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = VMamba(SMALL, out_indices=(0, 3)).train()
+    ckpt = VMamba(SMALL, out_indices=(0, 3), with_cp=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    for model in (plain, ckpt):
+        sum(o.square().mean() for o in model(x)).backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def authors_tiny_state_dict():
+    """The released VMamba-T layout, written from the reference key list."""
+    sd = {'patch_embed.0.weight': [48, 3, 3, 3], 'patch_embed.0.bias': [48],
+          'patch_embed.2.weight': [48], 'patch_embed.2.bias': [48],
+          'patch_embed.5.weight': [96, 48, 3, 3], 'patch_embed.5.bias': [96],
+          'patch_embed.7.weight': [96], 'patch_embed.7.bias': [96]}
+    for i, depth in enumerate((2, 2, 8, 2)):
+        c = 96 * 2**i
+        r = math.ceil(c / 16)
+        for j in range(depth):
+            p = f'layers.{i}.blocks.{j}.'
+            sd.update({p + 'norm.weight': [c], p + 'norm.bias': [c],
+                       p + 'op.in_proj.weight': [c, c], p + 'op.conv2d.weight': [c, 1, 3, 3],
+                       p + 'op.x_proj_weight': [4, r + 2, c], p + 'op.dt_projs_weight': [4, c, r],
+                       p + 'op.dt_projs_bias': [4, c], p + 'op.A_logs': [4 * c, 1],
+                       p + 'op.Ds': [4 * c], p + 'op.out_norm.weight': [c],
+                       p + 'op.out_norm.bias': [c], p + 'op.out_proj.weight': [c, c],
+                       p + 'norm2.weight': [c], p + 'norm2.bias': [c],
+                       p + 'mlp.fc1.weight': [4 * c, c], p + 'mlp.fc1.bias': [4 * c],
+                       p + 'mlp.fc2.weight': [c, 4 * c], p + 'mlp.fc2.bias': [c]})
+        if i < 3:
+            sd.update({f'layers.{i}.downsample.1.weight': [2 * c, c, 3, 3],
+                       f'layers.{i}.downsample.1.bias': [2 * c],
+                       f'layers.{i}.downsample.3.weight': [2 * c],
+                       f'layers.{i}.downsample.3.bias': [2 * c]})
+    sd.update({'classifier.norm.weight': [768], 'classifier.norm.bias': [768],
+               'classifier.head.weight': [1000, 768], 'classifier.head.bias': [1000]})
+    return {k: torch.randn(v) for k, v in sd.items()}
+
+
+def test_authors_checkpoint_loads_through_init_cfg(tmp_path):
+    sd = authors_tiny_state_dict()
+    assert sum(v.numel() for v in sd.values()) == 30_249_064
+    path = tmp_path / 'vssm_tiny.pth'
+    torch.save({'model': sd, 'model_ema': sd, 'epoch': 299}, path)
+    model = VMamba('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    own = model.state_dict()
+    for key, value in sd.items():
+        ours = key.replace('classifier.norm.', 'outnorm3.')
+        if not key.startswith('classifier.head.'):
+            assert torch.equal(own[ours], value), key
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    model = VMamba('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'no.pth')))
+    with pytest.raises(FileNotFoundError, match='no.pth'):
+        model.init_weights()
+    bad = tmp_path / 'corrupt.pth'
+    bad.write_bytes(b'not a checkpoint')
+    model.init_cfg['checkpoint'] = str(bad)
+    with pytest.raises(RuntimeError, match='could not read checkpoint'):
+        model.init_weights()
+    small = tmp_path / 'small.pth'
+    torch.save({'state_dict': VMamba('small').state_dict()}, small)
+    model.init_cfg['checkpoint'] = str(small)
+    with pytest.raises(ValueError, match='does not fit the model'):
+        model.init_weights()
+    model.init_cfg.update(checkpoint=str(small), prefix='backbone.')
+    with pytest.raises(ValueError, match="prefix 'backbone.'"):
+        model.init_weights()
+
+
+def test_bad_arch_is_named():
+    with pytest.raises(ValueError, match="unknown VMamba arch 'huge'"):
+        VMamba('huge')
+    with pytest.raises(ValueError, match="unknown keys \\['width'\\]"):
+        VMamba(dict(dims=8, depths=(1, 1), width=3))
