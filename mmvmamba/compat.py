@@ -109,18 +109,39 @@ def _install_torchvision_shim():
 
 def _allow_mmengine_checkpoints():
     """torch >= 2.6 loads with weights_only=True; mmengine's own checkpoints carry its message hub
-    (HistoryBuffer objects and numpy scalars/arrays) in `message_hub`, so resuming fails. Allow
-    exactly those types instead of turning weights_only off."""
+    (HistoryBuffer objects, numpy scalars/arrays, and HistoryBuffer's statistics methods pickled
+    as getattr(HistoryBuffer, 'min')) in `message_hub`, so resuming fails. Allow exactly those
+    globals instead of turning weights_only off (getattr's results are stored, never called:
+    the unpickler still refuses to call anything not allow-listed)."""
     from mmengine.logging import HistoryBuffer
-    safe = [HistoryBuffer, np.ndarray, np.dtype, np.core.multiarray._reconstruct,
+    safe = [HistoryBuffer, getattr, np.ndarray, np.dtype, np.core.multiarray._reconstruct,
             np.core.multiarray.scalar]
     safe += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
     torch.serialization.add_safe_globals(safe)
 
 
+def _cpu_distributed_launch():
+    """mmengine's pytorch launcher calls torch.cuda.set_device unconditionally, which a CPU build
+    of torch lacks: with no GPU, start the process group (gloo) without it, so
+    `dist_train.sh CONFIG N` runs N CPU processes on a laptop."""
+    import mmengine.dist.utils as dist_utils
+    original = dist_utils._init_dist_pytorch
+    if getattr(original, '_mmvmamba_cpu', False):
+        return
+
+    def init_dist_pytorch(backend, init_backend='torch', **kwargs):
+        if torch.cuda.is_available() or init_backend != 'torch':
+            return original(backend, init_backend=init_backend, **kwargs)
+        torch.distributed.init_process_group(backend='gloo', **kwargs)
+
+    init_dist_pytorch._mmvmamba_cpu = True
+    dist_utils._init_dist_pytorch = init_dist_pytorch
+
+
 def apply():
     _install_torchvision_shim()
     _allow_mmengine_checkpoints()
+    _cpu_distributed_launch()
 
 
 apply()

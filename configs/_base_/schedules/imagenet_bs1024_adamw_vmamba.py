@@ -1,0 +1,25 @@
+# 300 epochs, AdamW lr 1e-3 at total batch 1024 (5e-4 per 512), weight decay 0.05, 20 warm-up
+# epochs from 5e-7, cosine to 5e-6, gradient clipping 5.0, EMA 0.9999.
+# No weight decay on 1-D parameters (norms, biases, Ds) nor on A_logs (Mamba's rule; the authors'
+# code decays A_logs: set custom_keys={} to follow them exactly).
+optim_wrapper = dict(
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999)),
+    paramwise_cfg=dict(
+        norm_decay_mult=0.0,
+        bias_decay_mult=0.0,
+        flat_decay_mult=0.0,
+        custom_keys={'.A_logs': dict(decay_mult=0.0), '.Ds': dict(decay_mult=0.0)},
+    ),
+    clip_grad=dict(max_norm=5.0),
+)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=5e-4, by_epoch=True, begin=0, end=20,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min=5e-6, by_epoch=True, begin=20, end=300,
+         convert_to_iter_based=True),
+]
+train_cfg = dict(by_epoch=True, max_epochs=300, val_interval=1)
+val_cfg = dict()
+test_cfg = dict()
+auto_scale_lr = dict(base_batch_size=1024)
+custom_hooks = [dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]

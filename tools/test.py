@@ -1,0 +1,82 @@
+"""Evaluate a checkpoint with a config (classification, detection or segmentation).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl] [--show-dir DIR]
+                                           [--tta] [--cfg-options ...] [--launcher pytorch]
+"""
+import argparse
+import os
+import os.path as osp
+
+import mmvmamba  # noqa: F401,I001  (compat fixes + model registration first)
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+TASK_SCOPES = ('mmpretrain', 'mmdet', 'mmseg')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (evaluate) a checkpoint')
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--work-dir')
+    parser.add_argument('--out', help='dump the raw predictions to this pickle file')
+    parser.add_argument('--show-dir', help='draw predictions into this folder (under work dir)')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation (tta_model '
+                        'and tta_pipeline of the config)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_config(args):
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = cfg.get('default_scope')
+    if scope not in TASK_SCOPES:
+        raise ValueError(f'config {args.config} has default_scope={scope!r}; expected one of '
+                         f'{TASK_SCOPES}')
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+    cfg.launcher = args.launcher
+    if args.launcher != 'none' and not torch.cuda.is_available():
+        # no GPU: NCCL cannot run, CPU processes talk through gloo
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        # and DDP over CPU modules takes no device_ids
+        wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel',
+                                                      broadcast_buffers=False)
+        cfg.model_wrapper_cfg = dict(wrapper, device_ids=None)
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    if args.tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise ValueError(f'--tta needs tta_model and tta_pipeline in {args.config}')
+        cfg.model = dict(**cfg.tta_model, module=cfg.model)
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    if args.show_dir:
+        vis = cfg.default_hooks.get('visualization')
+        if vis is None:
+            raise ValueError('--show-dir needs a visualization hook in default_hooks')
+        vis.update(enable=True, out_dir=args.show_dir) if scope == 'mmpretrain' else vis.update(
+            draw=True, test_out_dir=args.show_dir)
+    if args.out:
+        dump = dict(type='DumpResults', out_file_path=args.out)
+        evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [
+            cfg.test_evaluator]
+        cfg.test_evaluator = evaluators + [dump]
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    runner = Runner.from_cfg(build_config(args))
+    return runner.test()
+
+
+if __name__ == '__main__':
+    main()
