@@ -29,9 +29,13 @@ def test_registries_are_children_of_the_root_mmvmamba_registers_in():
     for child in (DET, SEG, CLS):
         assert child.parent is MODELS
     # each library builds its own modules through its scope
-    fpn = DET.build(dict(type='FPN', in_channels=[8, 16], out_channels=4, num_outs=2))
-    head = SEG.build(dict(type='FCNHead', in_channels=8, channels=4, num_classes=3))
-    neck = CLS.build(dict(type='GlobalAveragePooling'))
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        fpn = DET.build(dict(type='FPN', in_channels=[8, 16], out_channels=4, num_outs=2))
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        head = SEG.build(dict(type='FCNHead', in_channels=8, channels=4, num_classes=3))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        neck = CLS.build(dict(type='GlobalAveragePooling'))
     assert fpn.__class__.__name__ == 'FPN' and head.num_classes == 3
     assert neck(torch.ones(2, 3, 4, 4)).shape == (2, 3)
 
