@@ -73,26 +73,25 @@ def _spatial_index(t, k: tl.constexpr, H, W, L, MERGED: tl.constexpr):
 
 
 @triton.jit
-def _chunk_inputs(x_base, dtl_base, w_ptr, bs_base, k_chan, bias, c, cm, n, nm, s, tm, L, R,
-                  BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Load one chunk in scan order and compute delta (float32, (BLOCK_C, BLOCK_L))."""
+def _chunk_inputs(x_base, dtl_base, bs_base, w_tile, bias, c, cm, n, nm, r, s, tm, L, R):
+    """Load one chunk in scan order; delta's pre-activation as one (BLOCK_C, BLOCK_R) x
+    (BLOCK_R, BLOCK_L) product in full float32 (the weight tile is loaded once per direction)."""
     m2 = cm[:, None] & tm[None, :]
     u = tl.load(x_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
-    pre = tl.zeros((BLOCK_C, BLOCK_L), tl.float32) + bias[:, None]
-    for r in range(R):
-        w = tl.load(w_ptr + k_chan * R + r, mask=cm, other=0.).to(tl.float32)
-        d = tl.load(dtl_base + r * L + s, mask=tm, other=0.).to(tl.float32)
-        pre += w[:, None] * d[None, :]
+    dt = tl.load(dtl_base + r[:, None] * L + s[None, :], mask=(r < R)[:, None] & tm[None, :],
+                 other=0.).to(tl.float32)
+    pre = tl.dot(w_tile, dt, input_precision='ieee') + bias[:, None]
     bv = tl.load(bs_base + n[:, None] * L + s[None, :], mask=nm[:, None] & tm[None, :],
                  other=0.).to(tl.float32)
-    return u, pre, bv
+    return u, dt, pre, bv
 
 
 @triton.jit
 def _ss2d_fwd_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, hs_ptr,
                      CH, H, W, L, R, N, NCH,
                      HAS_D: tl.constexpr, SAVE_STATES: tl.constexpr, MERGED: tl.constexpr,
-                     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+                     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+                     BLOCK_R: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -100,8 +99,11 @@ def _ss2d_fwd_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
     n = tl.arange(0, BLOCK_N)
     nm = n < N
     lt = tl.arange(0, BLOCK_L)
+    r = tl.arange(0, BLOCK_R)
+    cr_mask = cm[:, None] & (r < R)[None, :]
     for k in tl.static_range(4):
         kc = k * CH + c
+        w_tile = tl.load(w_ptr + kc[:, None] * R + r[None, :], mask=cr_mask, other=0.)
         # merged: one (B, C, L) map read in 4 orders; unmerged: (B, 4, C, L) already in scan order
         dir_offset = (b * CH * L) if MERGED else ((b * 4 + k) * CH * L)
         x_base = x_ptr + dir_offset
@@ -118,8 +120,8 @@ def _ss2d_fwd_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
             t = ch * BLOCK_L + lt
             tm = t < L
             s = _spatial_index(t, k, H, W, L, MERGED)
-            u, pre, bv = _chunk_inputs(x_base, dtl_base, w_ptr, bs_base, kc, bias, c, cm, n, nm,
-                                       s, tm, L, R, BLOCK_C, BLOCK_L)
+            u, dt, pre, bv = _chunk_inputs(x_base, dtl_base, bs_base, w_tile, bias, c, cm, n, nm,
+                                           r, s, tm, L, R)
             cv = tl.load(cs_base + n[:, None] * L + s[None, :], mask=nm[:, None] & tm[None, :],
                          other=0.).to(tl.float32)
             delta = _softplus(pre)
@@ -148,7 +150,7 @@ def _ss2d_bwd_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
                      dx_ptr, ddtl_ptr, dw_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr,
                      CH, H, W, L, R, N, NCH, NCB,
                      HAS_D: tl.constexpr, MERGED: tl.constexpr, BLOCK_C: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -157,10 +159,13 @@ def _ss2d_bwd_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
     nm = n < N
     cn_mask = cm[:, None] & nm[None, :]
     lt = tl.arange(0, BLOCK_L)
+    r = tl.arange(0, BLOCK_R)
+    cr_mask = cm[:, None] & (r < R)[None, :]
     shift = tl.minimum(lt + 1, BLOCK_L - 1)[None, None, :] + tl.zeros((BLOCK_C, BLOCK_N, 1),
                                                                        tl.int32)
     for k in tl.static_range(4):
         kc = k * CH + c
+        w_tile = tl.load(w_ptr + kc[:, None] * R + r[None, :], mask=cr_mask, other=0.)
         dir_offset = (b * CH * L) if MERGED else ((b * 4 + k) * CH * L)
         x_base = x_ptr + dir_offset
         dy_base = dy_ptr + dir_offset
@@ -175,7 +180,7 @@ def _ss2d_bwd_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
         hs_base = hs_ptr + ((b * 4 + k) * CH + c[:, None]) * NCH * N + n[None, :]
         part_bc = (((b * 4 + k) * NCB + pid_c) * N + n[:, None]) * L  # dB / dC partial rows
         part_dtl = ddtl_ptr + ((b * 4 + k) * NCB + pid_c) * R * L
-        dw_base = dw_ptr + ((b * 4 + k) * CH + c) * R
+        dw_acc = tl.zeros((BLOCK_C, BLOCK_R), tl.float32)
         g_next = tl.zeros((BLOCK_C, BLOCK_N), tl.float32)  # dL/dh at the next chunk's first step
         a_next = tl.full((BLOCK_C, BLOCK_N), 1.0, tl.float32)  # its decay
         dA_acc = tl.zeros((BLOCK_C, BLOCK_N), tl.float32)
@@ -187,8 +192,8 @@ def _ss2d_bwd_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
             tm = t < L
             m2 = cm[:, None] & tm[None, :]
             s = _spatial_index(t, k, H, W, L, MERGED)
-            u, pre, bv = _chunk_inputs(x_base, dtl_base, w_ptr, bs_base, kc, bias, c, cm, n, nm,
-                                       s, tm, L, R, BLOCK_C, BLOCK_L)
+            u, dt, pre, bv = _chunk_inputs(x_base, dtl_base, bs_base, w_tile, bias, c, cm, n, nm,
+                                           r, s, tm, L, R)
             cv = tl.load(cs_base + n[:, None] * L + s[None, :], mask=nm[:, None] & tm[None, :],
                          other=0.).to(tl.float32)
             dy = tl.load(dy_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
@@ -223,14 +228,13 @@ def _ss2d_bwd_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
             if MERGED and k > 0:
                 du += tl.load(dx_ptrs, mask=m2, other=0.)
             tl.store(dx_ptrs, du, mask=m2)
-            for r in range(R):
-                w = tl.load(w_ptr + kc * R + r, mask=cm, other=0.).to(tl.float32)
-                d = tl.load(dtl_base + r * L + s, mask=tm, other=0.).to(tl.float32)
-                tl.store(part_dtl + r * L + s, tl.sum(dpre * w[:, None], 0), mask=tm)
-                dw_acc = tl.load(dw_base + r, mask=cm, other=0.)
-                tl.store(dw_base + r, dw_acc + tl.sum(dpre * d[None, :], 1), mask=cm)
+            ddt = tl.dot(tl.trans(w_tile), dpre, input_precision='ieee')
+            tl.store(part_dtl + r[:, None] * L + s[None, :], ddt,
+                     mask=(r < R)[:, None] & tm[None, :])
+            dw_acc += tl.dot(dpre, tl.trans(dt), input_precision='ieee')
             g_next = tl.sum(tl.where(lt[None, None, :] == 0, g, 0.), 2)
             a_next = tl.sum(tl.where(lt[None, None, :] == 0, decay, 0.), 2)
+        tl.store(dw_ptr + (b * 4 * CH + kc[:, None]) * R + r[None, :], dw_acc, mask=cr_mask)
         tl.store(dA_ptr + (b * 4 * CH + kc[:, None]) * N + n[None, :], dA_acc, mask=cn_mask)
         tl.store(dbias_ptr + b * 4 * CH + kc, dbias_acc, mask=cm)
         if HAS_D:
@@ -238,13 +242,15 @@ def _ss2d_bwd_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
         tl.debug_barrier()
 
 
-def _block_sizes(channels, length, d_state, block_c=None, block_l=None):
-    block_n = triton.next_power_of_2(d_state)
-    if block_l is None:
-        block_l = min(64, triton.next_power_of_2(length))
-    if block_c is None:
-        block_c = min(16 if d_state <= 4 else 8, triton.next_power_of_2(channels))
-    return block_c, block_n, block_l
+def launch_config(channels, length, d_state, rank, block_c=None, block_l=None, num_warps=None):
+    """Tile sizes and warps. tl.dot needs every tile dimension >= 16 (masked where larger than
+    the problem)."""
+    block_l = block_l or min(64, max(16, triton.next_power_of_2(length)))
+    block_c = block_c or 16
+    if block_c < 16 or block_l < 16:
+        raise ValueError(f'block_c and block_l must be >= 16, got {block_c} and {block_l}')
+    return dict(BLOCK_C=block_c, BLOCK_N=triton.next_power_of_2(d_state), BLOCK_L=block_l,
+                BLOCK_R=max(16, triton.next_power_of_2(rank)), num_warps=num_warps or 4)
 
 
 class SS2DScanFunction(torch.autograd.Function):
@@ -256,42 +262,39 @@ class SS2DScanFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged, block_c,
-                block_l):
+    def forward(ctx, x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged, config):
         batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
         length, d_state = height * width, A.shape[1]
-        bc, bn, bl = _block_sizes(channels, length, d_state, block_c, block_l)
-        n_chunks = triton.cdiv(length, bl)
+        cfg = launch_config(channels, length, d_state, rank, **(config or {}))
+        n_chunks = triton.cdiv(length, cfg['BLOCK_L'])
         y = torch.empty(x.shape, device=x.device, dtype=torch.float32)
         save = any(ctx.needs_input_grad)
         states = torch.empty((batch, 4, channels, n_chunks, d_state) if save else (1, ),
                              device=x.device, dtype=torch.float32)
-        _ss2d_fwd_kernel[(triton.cdiv(channels, bc), batch)](
+        _ss2d_fwd_kernel[(triton.cdiv(channels, cfg['BLOCK_C']), batch)](
             x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, y, states,
             channels, height, width, length, rank, d_state, n_chunks,
-            HAS_D=D is not None, SAVE_STATES=save, MERGED=merged, BLOCK_C=bc, BLOCK_N=bn,
-            BLOCK_L=bl)
+            HAS_D=D is not None, SAVE_STATES=save, MERGED=merged, **cfg)
         if save:
             ctx.save_for_backward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states)
-            ctx.meta = (height, width, merged, bc, bn, bl)
+            ctx.meta = (height, width, merged, cfg)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states = ctx.saved_tensors
-        height, width, merged, bc, bn, bl = ctx.meta
+        height, width, merged, cfg = ctx.meta
         batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
         length, d_state, n_chunks = height * width, A.shape[1], states.shape[3]
-        n_cblocks = triton.cdiv(channels, bc)
+        n_cblocks = triton.cdiv(channels, cfg['BLOCK_C'])
         dy = dy.contiguous()
 
-        def buf(*shape, zero=False):
-            return (torch.zeros if zero else torch.empty)(shape, device=x.device,
-                                                          dtype=torch.float32)
+        def buf(*shape):
+            return torch.empty(shape, device=x.device, dtype=torch.float32)
 
         dx = buf(*x.shape)
         ddtl = buf(batch, 4, n_cblocks, rank, length)
-        dw = buf(batch, 4, channels, rank, zero=True)
+        dw = buf(batch, 4, channels, rank)
         dbias, dD = buf(batch, 4 * channels), buf(batch, 4 * channels)
         dA = buf(batch, 4 * channels, d_state)
         dB, dC = buf(batch, 4, n_cblocks, d_state, length), buf(batch, 4, n_cblocks, d_state,
@@ -300,29 +303,31 @@ class SS2DScanFunction(torch.autograd.Function):
             x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, states, dy,
             dx, ddtl, dw, dbias, dA, dB, dC, dD,
             channels, height, width, length, rank, d_state, n_chunks, n_cblocks,
-            HAS_D=D is not None, MERGED=merged, BLOCK_C=bc, BLOCK_N=bn, BLOCK_L=bl)
+            HAS_D=D is not None, MERGED=merged, **cfg)
         return (dx.to(x.dtype), ddtl.sum(2).to(dt_low.dtype), dw.sum(0).to(dt_weight.dtype),
                 dbias.sum(0).view(4, channels).to(dt_bias.dtype), dA.sum(0).to(A.dtype),
                 dB.sum(2).to(Bs.dtype), dC.sum(2).to(Cs.dtype),
-                dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 5
+                dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 4
 
 
 def ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, block_c=None,
-                     block_l=None):
+                     block_l=None, num_warps=None):
     """Triton path of :func:`vmamba_kernels.ss2d_scan`; returns (batch, C, H, W) float32."""
     check_ss2d_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     _check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     height, width = x.shape[2], x.shape[3]
+    config = dict(block_c=block_c, block_l=block_l, num_warps=num_warps)
     return SS2DScanFunction.apply(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
-                                  True, block_c, block_l)
+                                  True, config)
 
 
-def ss2d_scan_unfused_triton(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width):
+def ss2d_scan_unfused_triton(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
+                             config=None):
     """Unfused baseline for the benchmark: the same scan kernel over inputs already
     cross-scanned into (batch, 4, ., L) scan order; returns per-direction (batch, 4, C, L)."""
     _check_triton_inputs(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     return SS2DScanFunction.apply(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
-                                  False, None, None)
+                                  False, config)
 
 
 def _check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D):

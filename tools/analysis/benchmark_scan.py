@@ -67,6 +67,35 @@ def fused(inp, backend='triton'):
     return vk.ss2d_scan(**inp, backend=backend)
 
 
+def fused_with(config):
+    from vmamba_kernels.ss2d_triton import ss2d_scan_triton
+    return lambda inp: ss2d_scan_triton(**inp, **config)
+
+
+def sweep(args, dev):
+    """Time forward+backward of the fused kernel over tile sizes and warps, per stage."""
+    import itertools
+    for stage in args.stages:
+        size, channels, rank = TINY_STAGES[stage]
+        inp = make_inputs(args.batch, size, channels, rank, args.d_state, torch.bfloat16, dev,
+                          seed=stage)
+        results = []
+        for bc, bl, nw in itertools.product((16, 32), (32, 64, 128), (2, 4, 8)):
+            config = dict(block_c=bc, block_l=bl, num_warps=nw)
+            try:
+                fwd = bench(fused_with(config), inp, False, 3)
+                both = bench(fused_with(config), inp, True, 3)
+            except Exception as err:  # e.g. out of shared memory / registers
+                print(f'stage {stage} {config}: failed ({type(err).__name__})', flush=True)
+                continue
+            results.append((both, fwd, config))
+            print(f'stage {stage} {config}: fwd {fwd:.3f} fwd+bwd {both:.3f}', flush=True)
+        both, fwd, config = min(results, key=lambda r: r[0])
+        print(f'BEST stage {stage}: {config} fwd {fwd:.3f} ms fwd+bwd {both:.3f} ms', flush=True)
+        del inp
+        torch.cuda.empty_cache()
+
+
 def unfused(inp):
     x = inp['x']
     size = x.shape[-1]
@@ -144,10 +173,14 @@ def main():
     parser.add_argument('--check-batch', type=int, default=16,
                         help='images in the float64 gradient check (forward uses all)')
     parser.add_argument('--json', help='write the results here')
+    parser.add_argument('--sweep', action='store_true',
+                        help='time the fused kernel over tile sizes / warps instead')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit('benchmark_scan.py needs a CUDA GPU')
     dev = torch.device('cuda')
+    if args.sweep:
+        return sweep(args, dev)
     bw = copy_bandwidth(dev)
     print(f'device: {torch.cuda.get_device_name()}, torch {torch.__version__}, '
           f'copy bandwidth {bw:.2f} TB/s (read + write)', flush=True)
