@@ -80,7 +80,7 @@ def sweep(args, dev):
         inp = make_inputs(args.batch, size, channels, rank, args.d_state, torch.bfloat16, dev,
                           seed=stage)
         results = []
-        for bc, bl, nw in itertools.product((16, 32), (32, 64, 128), (2, 4, 8)):
+        for bc, bl, nw in itertools.product(args.sweep_c, args.sweep_l, args.sweep_w):
             config = dict(block_c=bc, block_l=bl, num_warps=nw)
             try:
                 fwd = bench(fused_with(config), inp, False, 3)
@@ -175,6 +175,9 @@ def main():
     parser.add_argument('--json', help='write the results here')
     parser.add_argument('--sweep', action='store_true',
                         help='time the fused kernel over tile sizes / warps instead')
+    parser.add_argument('--sweep-c', type=int, nargs='+', default=[16, 32])
+    parser.add_argument('--sweep-l', type=int, nargs='+', default=[32, 64])
+    parser.add_argument('--sweep-w', type=int, nargs='+', default=[4, 8])
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit('benchmark_scan.py needs a CUDA GPU')
