@@ -244,13 +244,16 @@ def _ss2d_bwd_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
 
 def launch_config(channels, length, d_state, rank, block_c=None, block_l=None, num_warps=None):
     """Tile sizes and warps. tl.dot needs every tile dimension >= 16 (masked where larger than
-    the problem)."""
-    block_l = block_l or min(64, max(16, triton.next_power_of_2(length)))
+    the problem). Defaults from the H100 sweep (docs/kernels.md): long sequences 64 steps x 8
+    warps, short ones 32 x 4."""
+    long_seq = length >= 1024
+    block_l = block_l or min(64 if long_seq else 32, max(16, triton.next_power_of_2(length)))
     block_c = block_c or 16
+    num_warps = num_warps or (8 if long_seq else 4)
     if block_c < 16 or block_l < 16:
         raise ValueError(f'block_c and block_l must be >= 16, got {block_c} and {block_l}')
     return dict(BLOCK_C=block_c, BLOCK_N=triton.next_power_of_2(d_state), BLOCK_L=block_l,
-                BLOCK_R=max(16, triton.next_power_of_2(rank)), num_warps=num_warps or 4)
+                BLOCK_R=max(16, triton.next_power_of_2(rank)), num_warps=num_warps)
 
 
 class SS2DScanFunction(torch.autograd.Function):
