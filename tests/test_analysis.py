@@ -1,0 +1,72 @@
+"""tools/analysis: FLOPs table, linearity, ERF PNG, benchmark and scaling on CPU."""
+import os.path as osp
+import sys
+
+import pytest
+from PIL import Image
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
+CFG = osp.join(ROOT, 'configs', 'vmamba', 'vmamba-{}_8xb128_in1k.py')
+DIGITS = osp.join(ROOT, 'configs', 'vmamba', 'vmamba-nano_1xb32_digits.py')
+
+
+@pytest.mark.parametrize('arch,gflops,mparams', [('tiny', 4.9, 30.25), ('small', 8.7, 50.15),
+                                                 ('base', 15.4, 88.56), ('v0-tiny', 5.6, 22.89),
+                                                 ('v0-small', 11.2, 44.42),
+                                                 ('v0-base', 18.0, 76.25)])
+def test_flops_and_params_match_the_paper_table(arch, gflops, mparams):
+    import get_flops
+    r = get_flops.main([CFG.format(arch)])
+    assert abs(r['total'] / 1e9 - gflops) / gflops < 0.02
+    assert abs(r['params'] / 1e6 - mparams) < 0.005
+
+
+def test_scan_flops_are_exactly_linear_in_pixels():
+    import _common
+    from mmvmamba.analysis import count_flops
+    backbone = _common.build_backbone(_common.load_config(CFG.format('tiny')))
+    small, large = count_flops(backbone, (224, 224)), count_flops(backbone, (448, 448))
+    assert large['scan'] == 4 * small['scan']
+    assert large['total'] == pytest.approx(4 * small['total'], rel=1e-9)
+
+
+def test_resolution_scaling_vmamba_linear_vit_superlinear(tmp_path):
+    import resolution_scaling
+    out = tmp_path / 'scaling.png'
+    rows = resolution_scaling.main(['--config', DIGITS, '--sizes', '64', '128', '256',
+                                    '--out', str(out), '--vit-dim', '96'])
+    assert rows[2]['vmamba_scan'] == 16 * rows[0]['vmamba_scan']
+    assert rows[2]['vmamba_flops'] / rows[0]['vmamba_flops'] == pytest.approx(16, rel=1e-3)
+    assert rows[2]['vit_flops'] / rows[0]['vit_flops'] > 16.5
+    assert rows[0]['vmamba_ms'] > 0 and Image.open(out).size[0] > 0
+
+
+def test_erf_writes_png_of_input_size(tmp_path):
+    import visualize_erf
+    out = tmp_path / 'erf.png'
+    erf = visualize_erf.main([DIGITS, '--shape', '48', '40', '--num', '2', '--out', str(out)])
+    assert Image.open(out).size == (40, 48)
+    assert erf.shape == (48, 40) and (erf >= 0).all() and erf.sum() > 0
+
+
+def test_erf_with_checkpoint(tmp_path):
+    import _common
+    import torch
+    import visualize_erf
+    backbone = _common.build_backbone(_common.load_config(DIGITS))
+    ckpt = tmp_path / 'ckpt.pth'
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in backbone.state_dict().items()}},
+               ckpt)
+    visualize_erf.main([DIGITS, str(ckpt), '--shape', '32', '32', '--num', '1', '--out',
+                        str(tmp_path / 'erf.png')])
+    assert (tmp_path / 'erf.png').exists()
+
+
+def test_benchmark_runs_on_cpu():
+    import benchmark
+    rows = benchmark.main([DIGITS, '--batch', '2', '--shape', '32', '32', '--device', 'cpu',
+                           '--warmup', '1', '--repeats', '2', '--amp', 'none', 'bf16'])
+    assert [(r[0], r[1]) for r in rows] == [(m, a) for m in benchmark.MODES
+                                            for a in ('none', 'bf16')]
+    assert all(r[2] > 0 for r in rows)

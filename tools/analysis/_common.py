@@ -1,0 +1,60 @@
+"""Helpers shared by the analysis tools: build a config's model or backbone."""
+import os.path as osp
+import sys
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import mmvmamba  # noqa: E402,F401
+from mmengine.config import Config  # noqa: E402
+
+
+def load_config(path, cfg_options=None):
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config {path!r} does not exist')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def build_backbone(cfg, **overrides):
+    """The config's VMamba backbone (registered in mmengine's root registry: no task library
+    needed, so this also runs where only torch, triton and mmengine are installed)."""
+    from mmvmamba.registry import MODELS
+    backbone = dict(cfg.model.backbone)
+    backbone.update(overrides)
+    backbone.pop('init_cfg', None)
+    return MODELS.build(backbone)
+
+
+class PlainClassifier(nn.Module):
+    """backbone -> global average pool -> Linear: the authors' classifier, without mmpretrain."""
+
+    def __init__(self, backbone, num_classes):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.num_features[-1], num_classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x)[-1].mean((2, 3)))
+
+
+def build_plain_classifier(cfg):
+    head = cfg.model.get('head') or {}
+    num_classes = head.get('num_classes', 1000) if isinstance(head, dict) else 1000
+    return PlainClassifier(build_backbone(cfg, out_indices=(3, )), num_classes)
+
+
+def progress_printer(label):
+    def show(done, total):
+        print(f'\r{label}: {done}/{total}', end='\n' if done == total else '', flush=True)
+    return show
+
+
+def load_weights(model, checkpoint):
+    from mmvmamba.models.utils import load_backbone_checkpoint
+    prefix = 'backbone.' if any(k.startswith('backbone.') for k in torch.load(
+        checkpoint, map_location='cpu', weights_only=True).get('state_dict', {})) else None
+    load_backbone_checkpoint(model, checkpoint, prefix=prefix)
