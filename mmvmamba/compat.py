@@ -114,8 +114,9 @@ def _allow_mmengine_checkpoints():
     globals instead of turning weights_only off (getattr's results are stored, never called:
     the unpickler still refuses to call anything not allow-listed)."""
     from mmengine.logging import HistoryBuffer
-    safe = [HistoryBuffer, getattr, np.ndarray, np.dtype, np.core.multiarray._reconstruct,
-            np.core.multiarray.scalar]
+    multiarray = (np._core if hasattr(np, '_core') else np.core).multiarray  # numpy 2 / 1
+    safe = [HistoryBuffer, getattr, np.ndarray, np.dtype, multiarray._reconstruct,
+            multiarray.scalar]
     safe += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
     torch.serialization.add_safe_globals(safe)
 

@@ -1,9 +1,8 @@
 """VSS block: x + drop_path(SS2D(norm(x))), then x + drop_path(MLP(norm2(x))) if mlp_ratio > 0."""
 import torch.nn as nn
-from mmcv.cnn.bricks import DropPath
 
 from .ss2d import SS2D
-from .utils.layers import LayerNorm2d, Mlp
+from .utils.layers import DropPath, LayerNorm2d, Mlp
 
 
 class VSSBlock(nn.Module):

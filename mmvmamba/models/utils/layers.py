@@ -1,6 +1,23 @@
 """Channel-first building blocks: the whole model keeps (B, C, H, W) end to end."""
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability ``p``."""
+
+    def __init__(self, p=0.):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f'drop path probability must be in [0, 1), got {p}')
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = x.new_empty((x.shape[0], ) + (1, ) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
 
 
 class LayerNorm2d(nn.LayerNorm):
