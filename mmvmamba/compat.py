@@ -114,7 +114,10 @@ def _allow_mmengine_checkpoints():
     globals instead of turning weights_only off (getattr's results are stored, never called:
     the unpickler still refuses to call anything not allow-listed)."""
     from mmengine.logging import HistoryBuffer
-    multiarray = (np._core if hasattr(np, '_core') else np.core).multiarray  # numpy 2 / 1
+    if int(np.__version__.split('.')[0]) >= 2:
+        from numpy._core import multiarray
+    else:
+        from numpy.core import multiarray
     safe = [HistoryBuffer, getattr, np.ndarray, np.dtype, multiarray._reconstruct,
             multiarray.scalar]
     safe += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
