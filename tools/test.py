@@ -62,8 +62,14 @@ def build_config(args):
         vis = cfg.default_hooks.get('visualization')
         if vis is None:
             raise ValueError('--show-dir needs a visualization hook in default_hooks')
-        vis.update(enable=True, out_dir=args.show_dir) if scope == 'mmpretrain' else vis.update(
-            draw=True, test_out_dir=args.show_dir)
+        if scope == 'mmpretrain':
+            vis.update(enable=True, out_dir=args.show_dir)
+        elif scope == 'mmdet':
+            vis.update(draw=True, test_out_dir=args.show_dir)
+        else:  # mmseg: the hook draws every image, the local backend saves them in show_dir
+            vis.update(draw=True, interval=1)
+            cfg.visualizer['vis_backends'] = [
+                dict(type='LocalVisBackend', save_dir=osp.join(cfg.work_dir, args.show_dir))]
     if args.out:
         dump = dict(type='DumpResults', out_file_path=args.out)
         evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [

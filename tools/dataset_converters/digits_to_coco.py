@@ -2,7 +2,7 @@
 (no download): 1-3 upscaled digits pasted on each black canvas; each instance's box is the tight
 box of its pixels and its mask is the polygon outline of those pixels; 10 categories '0'..'9'.
 
-    python tools/dataset_converters/digits_to_coco.py OUT [--train 400] [--val 100] [--size 128]
+    python tools/dataset_converters/digits_to_coco.py OUT [--train 300] [--val 100] [--size 96]
 
 Writes OUT/{train,val}/*.png and OUT/annotations/instances_{train,val}.json.
 """
@@ -67,7 +67,7 @@ def make_split(images, labels, num_images, size, rng, out_dir, split, start_id):
     return len(coco['images']), len(coco['annotations'])
 
 
-def write_digits_coco(out_dir, num_train=400, num_val=100, size=128, seed=0):
+def write_digits_coco(out_dir, num_train=300, num_val=100, size=96, seed=0):
     from sklearn.datasets import load_digits
     digits = load_digits()
     rng = np.random.RandomState(seed)
@@ -84,9 +84,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('out_dir')
-    parser.add_argument('--train', type=int, default=400)
+    parser.add_argument('--train', type=int, default=300)
     parser.add_argument('--val', type=int, default=100)
-    parser.add_argument('--size', type=int, default=128)
+    parser.add_argument('--size', type=int, default=96)
     args = parser.parse_args()
     if args.size < 32:
         parser.error(f'--size must be at least 32, got {args.size}')

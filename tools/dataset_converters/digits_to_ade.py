@@ -1,0 +1,74 @@
+"""Build a small ADE20K-format semantic segmentation dataset from scikit-learn's bundled digits
+(no download): 1-4 upscaled digits pasted on black canvases, every pixel labelled.
+
+ADE20K's reduce-zero-label convention: annotation value 0 is "ignore" (here: the soft edge of each
+digit, neither clearly ink nor background), value 1 is 'background', value d + 2 is digit d; with
+``reduce_zero_label=True`` mmseg maps them to 255 (ignored), 0 and d + 1.
+
+    python tools/dataset_converters/digits_to_ade.py OUT [--train 300] [--val 60] [--size 96]
+
+Writes OUT/images/{training,validation}/*.png and OUT/annotations/{training,validation}/*.png.
+"""
+import argparse
+import os
+import os.path as osp
+
+import cv2
+import numpy as np
+
+CLASSES = ('background', ) + tuple(str(i) for i in range(10))
+PALETTE = [[0, 0, 0]] + [[int(c) for c in cv2.applyColorMap(np.uint8([[25 * i + 20]]),
+                                                          cv2.COLORMAP_JET)[0, 0][::-1]]
+                         for i in range(10)]
+INK, EDGE = 100, 30  # pixel values: >= INK is the digit, (EDGE, INK) is ignored
+
+
+def make_split(images, labels, num_images, size, rng, out_dir, split):
+    img_dir = osp.join(out_dir, 'images', split)
+    ann_dir = osp.join(out_dir, 'annotations', split)
+    os.makedirs(img_dir, exist_ok=True)
+    os.makedirs(ann_dir, exist_ok=True)
+    for idx in range(num_images):
+        canvas = np.zeros((size, size), np.uint8)
+        label = np.ones((size, size), np.uint8)  # 1 = background
+        for _ in range(rng.randint(1, 5)):
+            k = rng.randint(len(images))
+            side = rng.randint(size // 5, size // 3 + 1)
+            digit = cv2.resize((images[k] * 255 / 16).astype(np.uint8), (side, side),
+                               interpolation=cv2.INTER_CUBIC)
+            y, x = rng.randint(0, size - side + 1), rng.randint(0, size - side + 1)
+            patch = label[y:y + side, x:x + side]
+            patch[(digit > EDGE) & (digit < INK)] = 0
+            patch[digit >= INK] = labels[k] + 2
+            canvas[y:y + side, x:x + side] = np.maximum(canvas[y:y + side, x:x + side], digit)
+        cv2.imwrite(osp.join(img_dir, f'{idx:05d}.png'), cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR))
+        cv2.imwrite(osp.join(ann_dir, f'{idx:05d}.png'), label)
+
+
+def write_digits_ade(out_dir, num_train=300, num_val=60, size=96, seed=0):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    rng = np.random.RandomState(seed)
+    order = rng.permutation(len(digits.images))
+    cut = int(len(order) * 0.8)  # disjoint digit images for training and validation
+    for split, idx, num in (('training', order[:cut], num_train),
+                            ('validation', order[cut:], num_val)):
+        make_split(digits.images[idx], digits.target[idx], num, size, rng, out_dir, split)
+    return dict(training=num_train, validation=num_val)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('out_dir')
+    parser.add_argument('--train', type=int, default=300)
+    parser.add_argument('--val', type=int, default=60)
+    parser.add_argument('--size', type=int, default=96)
+    args = parser.parse_args()
+    if args.size < 32:
+        parser.error(f'--size must be at least 32, got {args.size}')
+    print(write_digits_ade(args.out_dir, args.train, args.val, args.size))
+
+
+if __name__ == '__main__':
+    main()
