@@ -71,7 +71,9 @@ def test_small_config_trains_and_evaluates_with_iou_metric(tmp_path):
                                        'default_hooks.checkpoint.interval=2'])
     ckpt = work / 'iter_2.pth'
     assert ckpt.exists()
-    metrics = test_tool.main([DIGITS, str(ckpt), '--show-dir', 'vis'] + opts)
+    # train and test share this process: a fresh visualizer name, as a separate CLI run has
+    metrics = test_tool.main([DIGITS, str(ckpt), '--show-dir', 'vis'] + opts +
+                             ['visualizer.name=show_dir_run'])
     assert {'aAcc', 'mIoU'} <= set(metrics) and 0 <= metrics['mIoU'] <= 100
     drawn = glob.glob(str(work / 'vis' / '**' / '*.png'), recursive=True)
     assert len(drawn) == 3
