@@ -10,7 +10,7 @@ from OpenMMLab. Public entry points:
 """
 import os
 
-from .checks import check_ss2d_inputs
+from .checks import check_tensor
 from .reference import (cross_merge, cross_scan, scan_orders, selective_scan_torch,
                         ss2d_scan_torch, to_scan_order)
 
@@ -70,7 +70,8 @@ def ss2d_scan(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, backend=None):
         Tensor: (batch, C, H, W) float32 (float64 for float64 input on the torch path): the sum over
         the 4 directions of each direction's scan output, mapped back to (H, W).
     """
-    check_ss2d_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    # both paths validate every argument; only x is needed to choose between them
+    check_tensor('x', x, 4)
     if resolve_backend(backend, x) == 'triton':
         return ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     return ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)

@@ -5,7 +5,7 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def _expect_tensor(name, t, ndim, dtypes=FLOAT_DTYPES):
+def check_tensor(name, t, ndim, dtypes=FLOAT_DTYPES):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f'{name} must be a torch.Tensor, got {type(t).__name__}')
     if t.dim() != ndim:
@@ -28,17 +28,17 @@ def _expect_same_device(ref_name, ref, named):
 
 
 def check_selective_scan_inputs(u, delta, A, B, C, D=None, delta_bias=None):
-    _expect_tensor('u', u, 3)
+    check_tensor('u', u, 3)
     batch, channels, length = u.shape
-    _expect_tensor('delta', delta, 3)
+    check_tensor('delta', delta, 3)
     _expect_shape('delta', delta, (batch, channels, length))
-    _expect_tensor('A', A, 2)
+    check_tensor('A', A, 2)
     if A.is_complex() or A.shape[0] != channels:
         raise ValueError(f'A must be real with shape ({channels}, d_state), got '
                          f'{tuple(A.shape)} {A.dtype}')
     d_state = A.shape[1]
     for name, t in (('B', B), ('C', C)):
-        _expect_tensor(name, t, 4)
+        check_tensor(name, t, 4)
         if t.shape[0] != batch or t.shape[2] != d_state or t.shape[3] != length:
             raise ValueError(f'{name} must have shape ({batch}, groups, {d_state}, {length}), '
                              f'got {tuple(t.shape)}')
@@ -49,7 +49,7 @@ def check_selective_scan_inputs(u, delta, A, B, C, D=None, delta_bias=None):
         raise ValueError(f'channels ({channels}) must be a multiple of groups ({B.shape[1]})')
     for name, t in (('D', D), ('delta_bias', delta_bias)):
         if t is not None:
-            _expect_tensor(name, t, 1)
+            check_tensor(name, t, 1)
             _expect_shape(name, t, (channels, ))
     _expect_same_device('u', u, (('delta', delta), ('A', A), ('B', B), ('C', C), ('D', D),
                                  ('delta_bias', delta_bias)))
@@ -58,29 +58,29 @@ def check_selective_scan_inputs(u, delta, A, B, C, D=None, delta_bias=None):
 def check_ss2d_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, num_directions=4):
     """Shapes of the fused SS2D core; see :func:`vmamba_kernels.ss2d_scan`."""
     k = num_directions
-    _expect_tensor('x', x, 4)
+    check_tensor('x', x, 4)
     batch, channels, height, width = x.shape
     if min(x.shape) < 1:
         raise ValueError(f'x must be non-empty, got shape {tuple(x.shape)}')
     length = height * width
-    _expect_tensor('dt_weight', dt_weight, 3)
+    check_tensor('dt_weight', dt_weight, 3)
     if dt_weight.shape[0] != k or dt_weight.shape[1] != channels:
         raise ValueError(f'dt_weight must have shape ({k}, {channels}, dt_rank), got '
                          f'{tuple(dt_weight.shape)}')
     rank = dt_weight.shape[2]
-    _expect_tensor('dt_low', dt_low, 4)
+    check_tensor('dt_low', dt_low, 4)
     _expect_shape('dt_low', dt_low, (batch, k, rank, length))
-    _expect_tensor('dt_bias', dt_bias, 2)
+    check_tensor('dt_bias', dt_bias, 2)
     _expect_shape('dt_bias', dt_bias, (k, channels))
-    _expect_tensor('A', A, 2)
+    check_tensor('A', A, 2)
     if A.shape[0] != k * channels:
         raise ValueError(f'A must have shape ({k * channels}, d_state), got {tuple(A.shape)}')
     d_state = A.shape[1]
     for name, t in (('Bs', Bs), ('Cs', Cs)):
-        _expect_tensor(name, t, 4)
+        check_tensor(name, t, 4)
         _expect_shape(name, t, (batch, k, d_state, length))
     if D is not None:
-        _expect_tensor('D', D, 1)
+        check_tensor('D', D, 1)
         _expect_shape('D', D, (k * channels, ))
     _expect_same_device('x', x, (('dt_low', dt_low), ('dt_weight', dt_weight),
                                  ('dt_bias', dt_bias), ('A', A), ('Bs', Bs), ('Cs', Cs),

@@ -4,15 +4,11 @@
                                            [--tta] [--cfg-options ...] [--launcher pytorch]
 """
 import argparse
-import os
 import os.path as osp
 
-import mmvmamba  # noqa: F401,I001  (compat fixes + model registration first)
-import torch
-from mmengine.config import Config, DictAction
+from _task_config import add_launcher_args, load_task_config, parse_with_launcher
+from mmengine.config import DictAction
 from mmengine.runner import Runner
-
-TASK_SCOPES = ('mmpretrain', 'mmdet', 'mmseg')
 
 
 def parse_args(argv=None):
@@ -25,33 +21,15 @@ def parse_args(argv=None):
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (tta_model '
                         'and tta_pipeline of the config)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_launcher_args(parser)
+    return parse_with_launcher(parser, argv)
 
 
 def build_config(args):
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    scope = cfg.get('default_scope')
-    if scope not in TASK_SCOPES:
-        raise ValueError(f'config {args.config} has default_scope={scope!r}; expected one of '
-                         f'{TASK_SCOPES}')
+    cfg = load_task_config(args)
+    scope = cfg.default_scope
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
-    cfg.launcher = args.launcher
-    if args.launcher != 'none' and not torch.cuda.is_available():
-        # no GPU: NCCL cannot run, CPU processes talk through gloo
-        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
-        # and DDP over CPU modules takes no device_ids
-        wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel',
-                                                      broadcast_buffers=False)
-        cfg.model_wrapper_cfg = dict(wrapper, device_ids=None)
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     if args.tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:

@@ -2,7 +2,6 @@
 import os.path as osp
 import sys
 
-import torch
 import torch.nn as nn
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
@@ -54,7 +53,8 @@ def progress_printer(label):
 
 
 def load_weights(model, checkpoint):
-    from mmvmamba.models.utils import load_backbone_checkpoint
-    prefix = 'backbone.' if any(k.startswith('backbone.') for k in torch.load(
-        checkpoint, map_location='cpu', weights_only=True).get('state_dict', {})) else None
-    load_backbone_checkpoint(model, checkpoint, prefix=prefix)
+    """A backbone from our checkpoints (a full model: keys under ``backbone.``) or the authors'."""
+    from mmvmamba.models.utils.checkpoint import load_backbone_checkpoint, read_state_dict
+    state_dict = read_state_dict(checkpoint)
+    prefix = 'backbone.' if any(k.startswith('backbone.') for k in state_dict) else None
+    load_backbone_checkpoint(model, checkpoint, prefix=prefix, state_dict=state_dict)

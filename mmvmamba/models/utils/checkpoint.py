@@ -69,11 +69,13 @@ def _is_authors_layout(state_dict):
                or k in ('norm.weight', 'head.weight') for k in state_dict)
 
 
-def load_backbone_checkpoint(model, filename, prefix=None, logger=None):
+def load_backbone_checkpoint(model, filename, prefix=None, logger=None, state_dict=None):
     """Load ``filename`` into ``model`` (a VMamba backbone): strict about shapes, reports missing
-    and unexpected keys, refuses a file that matches nothing."""
+    and unexpected keys, refuses a file that matches nothing. ``state_dict``: the file's contents
+    when the caller has already read them with :func:`read_state_dict`."""
     logger = logger or MMLogger.get_current_instance()
-    state_dict = read_state_dict(filename)
+    if state_dict is None:
+        state_dict = read_state_dict(filename)
     if prefix:
         prefix = prefix if prefix.endswith('.') else prefix + '.'
         stripped = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
