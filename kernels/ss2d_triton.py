@@ -314,10 +314,20 @@ class SS2DScanFunction(torch.autograd.Function):
 
 
 def ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, block_c=None,
-                     block_l=None, num_warps=None):
-    """Triton path of :func:`vmamba_kernels.ss2d_scan`; returns (batch, C, H, W) float32."""
+                     block_l=None, num_warps=None, bwd_block_c=None, bwd_num_warps=None,
+                     transpose_columns=None):
+    """Triton path of :func:`vmamba_kernels.ss2d_scan`; returns (batch, C, H, W) float32.
+
+    d_state 1 runs the kernels of ``ss2d_n1.py``, larger d_state the general ones here. The tile
+    arguments override the defaults (``bwd_*``: d_state 1 only, the backward's own channel block
+    and warps; ``transpose_columns``: d_state 1 only, see ``ss2d_n1.ss2d_scan_n1``)."""
     check_ss2d_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     _check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    if A.shape[1] == 1:
+        from .ss2d_n1 import ss2d_scan_n1
+        return ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, block_c=block_c,
+                            block_l=block_l, num_warps=num_warps, bwd_block_c=bwd_block_c,
+                            bwd_num_warps=bwd_num_warps, transpose_columns=transpose_columns)
     height, width = x.shape[2], x.shape[3]
     config = dict(block_c=block_c, block_l=block_l, num_warps=num_warps)
     return SS2DScanFunction.apply(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
@@ -329,6 +339,11 @@ def ss2d_scan_unfused_triton(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, heigh
     """Unfused baseline for the benchmark: the same scan kernel over inputs already
     cross-scanned into (batch, 4, ., L) scan order; returns per-direction (batch, 4, C, L)."""
     _check_triton_inputs(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    if A.shape[1] == 1:
+        from .ss2d_n1 import SS2DScanN1Function, n1_launch_config
+        cfg, bwd_cfg = n1_launch_config(height * width, **(config or {}))
+        return SS2DScanN1Function.apply(xs, xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+                                        width, False, False, cfg, bwd_cfg)[0]
     return SS2DScanFunction.apply(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
                                   False, config)
 

@@ -71,6 +71,32 @@ def test_triton_chunk_carries_match_reference():
                             make_inputs(1, 20, 7, 6, 2, 4), 1e-5)
 
 
+@pytest.mark.parametrize('transpose_columns', [False, True])
+@pytest.mark.parametrize('shape', [(2, 5, 3, 7, 3, 1), (1, 9, 6, 5, 2, 1), (1, 3, 1, 9, 2, 1)])
+def test_triton_d_state_1_both_column_walks_match_reference(shape, transpose_columns):
+    # d_state 1 has kernels of its own: chunks of 16 steps (carries forwards and backwards, the
+    # reversed directions walked chunk by chunk from the end), 2-5 channel blocks in the forward
+    # and a different block in the backward, column directions strided or transposed
+    fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
+        **kw, block_c=2, block_l=16, bwd_block_c=4, transpose_columns=transpose_columns)
+    check_against_reference(fn, make_inputs(*shape), 1e-5)
+
+
+@pytest.mark.parametrize('transpose_columns', [False, True])
+def test_triton_d_state_1_bf16_and_deterministic(transpose_columns):
+    bf16 = {'x', 'dt_low', 'Bs', 'Cs'}
+    inputs = make_inputs(2, 6, 5, 7, 2, 1)
+    inputs = {k: v.bfloat16() if k in bf16 else v for k, v in inputs.items()}
+    fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
+        **kw, block_l=16, transpose_columns=transpose_columns)
+    check_against_reference(fn, inputs, 1e-2)
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    (y1, g1), (y2, g2) = (forward_and_grads(fn, inputs, grad_out) for _ in range(2))
+    assert torch.equal(y1, y2)
+    for name in PARAMS:
+        assert torch.equal(g1[name], g2[name]), name
+
+
 @pytest.mark.parametrize('shape', TORCH_SHAPES)
 def test_torch_path_fp32_matches_float64_reference(shape):
     check_against_reference(lambda **kw: vk.ss2d_scan(**kw, backend='torch'),

@@ -80,13 +80,16 @@ def sweep(args, dev):
         inp = make_inputs(args.batch, size, channels, rank, args.d_state, torch.bfloat16, dev,
                           seed=stage)
         results = []
-        for bc, bl, nw in itertools.product(args.sweep_c, args.sweep_l, args.sweep_w):
-            config = dict(block_c=bc, block_l=bl, num_warps=nw)
+        grid = [tuple(int(v) for v in c.split('x')) for c in args.configs] if args.configs else \
+            list(itertools.product(args.sweep_c, args.sweep_l, args.sweep_w))
+        for values in grid:
+            config = dict(zip(('block_c', 'block_l', 'num_warps', 'bwd_block_c', 'bwd_num_warps'),
+                              values))
             try:
                 fwd = bench(fused_with(config), inp, False, 3)
                 both = bench(fused_with(config), inp, True, 3)
             except Exception as err:  # e.g. out of shared memory / registers
-                print(f'stage {stage} {config}: failed ({type(err).__name__})', flush=True)
+                print(f'stage {stage} {config}: failed ({type(err).__name__}: {str(err)[:800]})', flush=True)
                 continue
             results.append((both, fwd, config))
             print(f'stage {stage} {config}: fwd {fwd:.3f} fwd+bwd {both:.3f}', flush=True)
@@ -178,6 +181,9 @@ def main():
     parser.add_argument('--sweep-c', type=int, nargs='+', default=[16, 32])
     parser.add_argument('--sweep-l', type=int, nargs='+', default=[32, 64])
     parser.add_argument('--sweep-w', type=int, nargs='+', default=[4, 8])
+    parser.add_argument('--configs', nargs='+',
+                        help='sweep these tiles instead of the product, each '
+                        'CxLxWARPS[xBWD_CxBWD_WARPS], e.g. 4x128x4 4x128x4x16x8')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit('benchmark_scan.py needs a CUDA GPU')

@@ -1,0 +1,366 @@
+"""SS2D core kernels specialised for d_state N = 1 (the final VMamba archs).
+
+Same computation, program layout and determinism as the general kernels in ``ss2d_triton.py``
+(one program = batch b x a block of channels, the 4 directions in sequence, fixed-order merge,
+chunk start states saved by the forward), but every tile is 2-D (BLOCK_C, BLOCK_L): with one state
+per channel there is no state axis, B and C are single rows, and the rank-R dt projection is a
+loop of R rank-1 updates instead of a padded matrix product. The general kernels keep a
+(BLOCK_C, BLOCK_N, BLOCK_L) layout and a (BLOCK_C, 16) x (16, BLOCK_L) product, which at N = 1
+cost ~190 registers per thread (one 8-warp program per SM, too few warps in flight to hide the
+latency of each chunk step).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .ss2d_triton import _combine, _softplus
+
+__all__ = ['ss2d_scan_n1', 'SS2DScanN1Function', 'n1_launch_config']
+
+
+@triton.jit
+def _scan_index(t, K: tl.constexpr, H, W, STRIDED: tl.constexpr):
+    """Offset in the map read by direction K at step t: t itself (row directions, and column
+    directions reading the transposed map) or, with STRIDED column directions reading the
+    row-major map, the column-major walk."""
+    if STRIDED and (K % 2 == 1):
+        s = (t % H) * W + t // H
+    else:
+        s = t
+    return s
+
+
+@triton.jit
+def _combine_grad(g_first, p_first, a_first, g_then, p_then, a_then):
+    """Combine of the backward scan g_t = e_t + a_{t+1} g_{t+1}, in processing order (``first``:
+    the later steps, already combined; ``then``: the earlier ones). A segment [i, j] is
+    (G, P, a_i) with g_i = G + P * a_{j+1} g_{j+1}; one step is (e_t, 1, a_t). Carrying each
+    segment's own first decay avoids the one-step shift of the decay (a gather) per chunk."""
+    scale = p_then * a_first
+    return g_then + scale * g_first, scale * p_first, a_then
+
+
+@triton.jit
+def _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, tm, L, R,
+              BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """u and delta's pre-activation for one chunk, in scan order."""
+    m2 = cm[:, None] & tm[None, :]
+    u = tl.load(x_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
+    pre = tl.zeros((BLOCK_C, BLOCK_L), tl.float32) + bias[:, None]
+    for r in range(R):
+        w_r = tl.load(w_ptr + kc * R + r, mask=cm, other=0.).to(tl.float32)
+        dt_r = tl.load(dtl_base + r * L + s, mask=tm, other=0.).to(tl.float32)
+        pre += w_r[:, None] * dt_r[None, :]
+    return u, pre
+
+
+@triton.jit
+def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
+                   yt_ptr, hs_ptr, b, c, cm, lt, CH, H, W, L, R, NCH,
+                   K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr, SAVE_STATES: tl.constexpr, MERGED: tl.constexpr,
+                   COLS_T: tl.constexpr,
+                   BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Direction K of the forward; REV: walk it as direction K - 2 backwards (chunks last to
+    first, each scanned in reverse)."""
+    kc = K * CH + c
+    dir_offset = (b * CH * L) if MERGED else ((b * 4 + K) * CH * L)
+    # merged: the column directions (K odd) read / write the transposed maps
+    x_base = (xt_ptr if MERGED and COLS_T and K % 2 == 1 else x_ptr) + dir_offset
+    y_base = (yt_ptr if MERGED and COLS_T and K % 2 == 1 else y_ptr) + dir_offset
+    A = tl.load(A_ptr + kc, mask=cm, other=0.).to(tl.float32)
+    bias = tl.load(bias_ptr + kc, mask=cm, other=0.).to(tl.float32)
+    if HAS_D:
+        Dk = tl.load(D_ptr + kc, mask=cm, other=0.).to(tl.float32)
+    dtl_base = dtl_ptr + (b * 4 + K) * R * L
+    bs_base = B_ptr + (b * 4 + K) * L
+    cs_base = C_ptr + (b * 4 + K) * L
+    hs_base = hs_ptr + ((b * 4 + K) * CH + c) * NCH
+    h = tl.zeros((BLOCK_C, ), tl.float32)
+    for i in range(NCH):
+        ch = (NCH - 1 - i) if REV else i
+        t = ch * BLOCK_L + lt
+        tm = t < L
+        m2 = cm[:, None] & tm[None, :]
+        s = _scan_index(t, K, H, W, MERGED and not COLS_T)
+        u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, tm, L, R, BLOCK_C,
+                           BLOCK_L)
+        bv = tl.load(bs_base + s, mask=tm, other=0.).to(tl.float32)
+        cv = tl.load(cs_base + s, mask=tm, other=0.).to(tl.float32)
+        delta = _softplus(pre)
+        decay = tl.where(tm[None, :], tl.exp(delta * A[:, None]), 1.0)
+        inp = delta * u * bv[None, :]
+        if SAVE_STATES:
+            tl.store(hs_base + ch, h, mask=cm)
+        prod, states = tl.associative_scan((decay, inp), 1, _combine, reverse=REV)
+        states = states + prod * h[:, None]
+        y = states * cv[None, :]
+        if HAS_D:
+            y += Dk[:, None] * u
+        h = tl.sum(tl.where(lt[None, :] == (0 if REV else BLOCK_L - 1), states, 0.), 1)
+        y_ptrs = y_base + c[:, None] * L + s[None, :]
+        # add to what the earlier directions wrote into the same map
+        if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
+            y += tl.load(y_ptrs, mask=m2, other=0.)
+        tl.store(y_ptrs, y, mask=m2)
+
+
+@triton.jit
+def _ss2d_fwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
+                        y_ptr, yt_ptr, hs_ptr, CH, H, W, L, R, NCH,
+                        HAS_D: tl.constexpr, SAVE_STATES: tl.constexpr, MERGED: tl.constexpr,
+                        COLS_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid_c = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < CH
+    lt = tl.arange(0, BLOCK_L)
+    args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, yt_ptr,
+            hs_ptr, b, c, cm, lt, CH, H, W, L, R, NCH)
+    # each direction may add into what the previous ones wrote, from other threads: barriers
+    _fwd_direction(*args, 0, False, HAS_D, SAVE_STATES, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    tl.debug_barrier()
+    _fwd_direction(*args, 1, False, HAS_D, SAVE_STATES, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    tl.debug_barrier()
+    _fwd_direction(*args, 2, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    tl.debug_barrier()
+    _fwd_direction(*args, 3, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+
+
+@triton.jit
+def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr,
+                   dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr,
+                   dD_ptr, b, pid_c, c, cm, lt, CH, H, W, L, R, NCH, NCB,
+                   K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr, MERGED: tl.constexpr,
+                   COLS_T: tl.constexpr,
+                   BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Direction K of the backward (REV as in :func:`_fwd_direction`); chunks in the opposite
+    order to the forward."""
+    kc = K * CH + c
+    dir_offset = (b * CH * L) if MERGED else ((b * 4 + K) * CH * L)
+    # merged: the column directions (K odd) read / write the transposed maps
+    x_base = (xt_ptr if MERGED and COLS_T and K % 2 == 1 else x_ptr) + dir_offset
+    dy_base = (dyt_ptr if MERGED and COLS_T and K % 2 == 1 else dy_ptr) + dir_offset
+    dx_base = (dxt_ptr if MERGED and COLS_T and K % 2 == 1 else dx_ptr) + dir_offset
+    A = tl.load(A_ptr + kc, mask=cm, other=0.).to(tl.float32)
+    bias = tl.load(bias_ptr + kc, mask=cm, other=0.).to(tl.float32)
+    if HAS_D:
+        Dk = tl.load(D_ptr + kc, mask=cm, other=0.).to(tl.float32)
+    dtl_base = dtl_ptr + (b * 4 + K) * R * L
+    bs_base = B_ptr + (b * 4 + K) * L
+    cs_base = C_ptr + (b * 4 + K) * L
+    hs_base = hs_ptr + ((b * 4 + K) * CH + c) * NCH
+    part = (b * 4 + K) * NCB + pid_c
+    dpre_base = dpre_ptr + (b * 4 + K) * CH * L
+    carry = tl.zeros((BLOCK_C, ), tl.float32)  # decay * dL/dh of the step after the chunk
+    dA_acc = tl.zeros((BLOCK_C, ), tl.float32)
+    dD_acc = tl.zeros((BLOCK_C, ), tl.float32)
+    dbias_acc = tl.zeros((BLOCK_C, ), tl.float32)
+    for i in range(NCH):
+        ch = i if REV else NCH - 1 - i
+        t = ch * BLOCK_L + lt
+        tm = t < L
+        m2 = cm[:, None] & tm[None, :]
+        s = _scan_index(t, K, H, W, MERGED and not COLS_T)
+        u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, tm, L, R, BLOCK_C,
+                           BLOCK_L)
+        bv = tl.load(bs_base + s, mask=tm, other=0.).to(tl.float32)
+        cv = tl.load(cs_base + s, mask=tm, other=0.).to(tl.float32)
+        dy = tl.load(dy_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
+        delta = _softplus(pre)
+        decay = tl.where(tm[None, :], tl.exp(delta * A[:, None]), 1.0)
+        du_in = delta * u
+        inp = du_in * bv[None, :]
+        h0 = tl.load(hs_base + ch, mask=cm, other=0.)
+        prod, states = tl.associative_scan((decay, inp), 1, _combine, reverse=REV)
+        states = states + prod * h0[:, None]
+        # g_t = C_t dy_t + decay_{t+1} g_{t+1} (t+1: the next step in scan order), solved without
+        # shifting the decay by one step (see _combine_grad); the carry is decay * g of the step
+        # after the chunk
+        one = tl.full((BLOCK_C, BLOCK_L), 1.0, tl.float32)
+        g, gain, _ = tl.associative_scan((cv[None, :] * dy, one, decay), 1, _combine_grad,
+                                         reverse=False if REV else True)
+        g = g + gain * carry[:, None]
+        carried = states - inp  # decay_t * h_{t-1}
+        gb = g * bv[None, :]
+        du = gb * delta
+        if HAS_D:
+            du += Dk[:, None] * dy
+            dD_acc += tl.sum(dy * u, 1)
+        ddelta = g * A[:, None] * carried + gb * u
+        dpre = tl.where(m2, ddelta / (1.0 + tl.exp(-pre)), 0.)
+        dA_acc += tl.sum(g * delta * carried, 1)
+        dbias_acc += tl.sum(dpre, 1)
+        tl.store(dB_ptr + part * L + s, tl.sum(g * du_in, 0), mask=tm)
+        tl.store(dC_ptr + part * L + s, tl.sum(states * dy, 0), mask=tm)
+        dx_ptrs = dx_base + c[:, None] * L + s[None, :]
+        if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
+            du += tl.load(dx_ptrs, mask=m2, other=0.)
+        tl.store(dx_ptrs, du, mask=m2)
+        # the dt projection's backward is two GEMMs on dpre, done by the caller
+        tl.store(dpre_base + c[:, None] * L + s[None, :], dpre, mask=m2)
+        # the entry end of this chunk (in scan order) is the next chunk's "step after"
+        carry = tl.sum(tl.where(lt[None, :] == (BLOCK_L - 1 if REV else 0), decay * g, 0.), 1)
+    tl.store(dA_ptr + b * 4 * CH + kc, dA_acc, mask=cm)
+    tl.store(dbias_ptr + b * 4 * CH + kc, dbias_acc, mask=cm)
+    if HAS_D:
+        tl.store(dD_ptr + b * 4 * CH + kc, dD_acc, mask=cm)
+
+
+@triton.jit
+def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
+                        hs_ptr, dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr,
+                        dB_ptr, dC_ptr, dD_ptr, CH, H, W, L, R, NCH, NCB,
+                        HAS_D: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
+                        BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid_c = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < CH
+    lt = tl.arange(0, BLOCK_L)
+    args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr, dy_ptr,
+            dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, b,
+            pid_c, c, cm, lt, CH, H, W, L, R, NCH, NCB)
+    # each direction may add into the dx that the previous ones wrote, from other threads
+    _bwd_direction(*args, 0, False, HAS_D, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    tl.debug_barrier()
+    _bwd_direction(*args, 1, False, HAS_D, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    tl.debug_barrier()
+    _bwd_direction(*args, 2, MERGED, HAS_D, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    tl.debug_barrier()
+    _bwd_direction(*args, 3, MERGED, HAS_D, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+
+
+def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_block_c=None,
+                     bwd_num_warps=None):
+    """(forward, backward) tiles: BLOCK_C channels x BLOCK_L steps (powers of two) and warps.
+
+    Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
+    BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
+    if length >= 2048:
+        tiles = (4, 128, 4, 4, 4)
+    elif length >= 512:
+        tiles = (8, 64, 4, 8, 4)
+    else:
+        tiles = (4, 64, 2, 2, 1)
+    given = (block_c, block_l, num_warps, bwd_block_c, bwd_num_warps)
+    bc, bl, nw, bbc, bnw = (g if g is not None else d for g, d in zip(given, tiles))
+    bl = min(bl, max(16, triton.next_power_of_2(length)))
+    for name, value in (('block_c', bc), ('block_l', bl), ('bwd_block_c', bbc)):
+        if value < 1 or value & (value - 1):
+            raise ValueError(f'{name} must be a power of two, got {value}')
+    return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw),
+            dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw))
+
+
+class SS2DScanN1Function(torch.autograd.Function):
+    """Forward and backward launches of the d_state = 1 kernels.
+
+    merged=True: ``x`` is the (batch, C, H, W) map. With ``cols_t``, ``xt`` is its transpose
+    (batch, C, W, H), contiguous, and dt_low, Bs, Cs are (batch, 4, ., L) with directions 0 and 2
+    in row-major and 1 and 3 in column-major order (see :func:`ss2d_scan_n1`); returns (y, yt)
+    float32, the sums of directions 0 + 2 as (batch, C, H, W) and of 1 + 3 as (batch, C, W, H).
+    Without ``cols_t`` the column directions walk x with a stride (``xt`` is ignored, inputs all
+    row-major) and y holds all four directions; yt is empty.
+    merged=False (the benchmark's unfused baseline): ``x`` is the (batch, 4, C, L) cross scan, every
+    input in scan order, ``xt`` ignored; returns (y per direction (batch, 4, C, L), empty).
+    """
+
+    @staticmethod
+    def forward(ctx, x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
+                cols_t, cfg, bwd_cfg):
+        batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
+        length = dt_low.shape[-1]
+        cols_t = merged and cols_t
+        n_chunks = triton.cdiv(length, cfg['BLOCK_L'])
+        y = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        yt = torch.empty(xt.shape if cols_t else (0, ), device=x.device, dtype=torch.float32)
+        save = any(ctx.needs_input_grad)
+        states = torch.empty((batch, 4, channels, n_chunks) if save else (1, ), device=x.device,
+                             dtype=torch.float32)
+        _ss2d_fwd_n1_kernel[(triton.cdiv(channels, cfg['BLOCK_C']), batch)](
+            x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
+            D if D is not None else A, y, yt if cols_t else y, states, channels, height, width,
+            length, rank, n_chunks, HAS_D=D is not None, SAVE_STATES=save, MERGED=merged,
+            COLS_T=cols_t, **cfg)
+        if not cols_t:
+            ctx.mark_non_differentiable(yt)
+        if save:
+            # xt is not kept: the backward transposes x again (cheaper than holding both)
+            ctx.save_for_backward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states)
+            ctx.meta = (height, width, merged, cols_t, bwd_cfg)
+        return y, yt
+
+    @staticmethod
+    def backward(ctx, dy, dyt):
+        x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states = ctx.saved_tensors
+        height, width, merged, cols_t, cfg = ctx.meta
+        batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
+        length, n_chunks = dt_low.shape[-1], states.shape[3]
+        n_cblocks = triton.cdiv(channels, cfg['BLOCK_C'])
+
+        def buf(*shape):
+            return torch.empty(shape, device=x.device, dtype=torch.float32)
+
+        dy = dy.contiguous() if dy is not None else torch.zeros_like(x, dtype=torch.float32)
+        dx = buf(*x.shape)
+        if cols_t:
+            xt = x.transpose(2, 3).contiguous()
+            dyt = dyt.contiguous() if dyt is not None else torch.zeros_like(xt, dtype=dy.dtype)
+            dxt = buf(*xt.shape)
+        else:
+            xt, dyt, dxt = x, dy, dx
+        dpre = buf(batch, 4, channels, length)
+        dbias, dD, dA = (buf(batch, 4 * channels) for _ in range(3))
+        dB, dC = buf(batch, 4, n_cblocks, length), buf(batch, 4, n_cblocks, length)
+        _ss2d_bwd_n1_kernel[(n_cblocks, batch)](
+            x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, states, dy,
+            dyt, dx, dxt, dpre, dbias, dA, dB, dC, dD, channels, height, width, length, rank,
+            n_chunks, n_cblocks, HAS_D=D is not None, MERGED=merged, COLS_T=cols_t, **cfg)
+        # the rank-R dt projection's gradients are two batched GEMMs on d(pre-activation):
+        # d dt_low[b, k] = w[k]^T dpre[b, k]; d w[k] = sum_b dpre[b, k] dt_low[b, k]^T
+        ddtl = torch.matmul(dt_weight.float().transpose(1, 2), dpre)
+        dw = torch.matmul(dpre, dt_low.float().transpose(2, 3)).sum(0)
+        return (dx.to(x.dtype), dxt.to(x.dtype) if cols_t else None, ddtl.to(dt_low.dtype),
+                dw.to(dt_weight.dtype), dbias.sum(0).view(4, channels).to(dt_bias.dtype),
+                dA.sum(0)[:, None].to(A.dtype), dB.sum(2, keepdim=True).to(Bs.dtype),
+                dC.sum(2, keepdim=True).to(Cs.dtype),
+                dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 6
+
+
+def _odd_directions_by_column(t, height, width):
+    """(batch, 4, rows, H*W) in row-major order -> directions 1 and 3 in column-major order."""
+    batch, _, rows, length = t.shape
+    grid = t.view(batch, 4, rows, height, width)
+    cols = grid[:, 1::2].transpose(3, 4).reshape(batch, 2, rows, length)
+    return torch.stack((t[:, 0], cols[:, 0], t[:, 2], cols[:, 1]), 1)
+
+
+# from this many positions on, the column directions read a transposed copy of the map
+TRANSPOSE_FROM_LENGTH = 512
+
+
+def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_columns=None,
+                 **tiles):
+    """Fused SS2D core for d_state = 1 (inputs as :func:`vmamba_kernels.ss2d_scan`, already
+    checked; ``tiles`` as :func:`n1_launch_config`).
+
+    On large maps (``transpose_columns`` None: H * W >= ``TRANSPOSE_FROM_LENGTH``) the column
+    directions (1, 3) read a transposed copy of the map and write a transposed output, so every
+    access of the kernels is contiguous; the transposes (the map, the small dt_low / Bs / Cs rows
+    of those directions, the final sum) are torch ops whose gradients autograd handles. On the
+    H100 at 56 x 56 this halves the forward (docs/kernels.md); on small maps the strided walk
+    stays in cache and the copies would cost more than they save.
+    """
+    height, width = x.shape[2], x.shape[3]
+    length = height * width
+    cfg, bwd_cfg = n1_launch_config(length, **tiles)
+    if transpose_columns is None:
+        transpose_columns = length >= TRANSPOSE_FROM_LENGTH
+    if not transpose_columns:
+        return SS2DScanN1Function.apply(x, x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+                                        width, True, False, cfg, bwd_cfg)[0]
+    xt = x.transpose(2, 3).contiguous()
+    dtl, bs, cs = (_odd_directions_by_column(t, height, width) for t in (dt_low, Bs, Cs))
+    y, yt = SS2DScanN1Function.apply(x, xt, dtl, dt_weight, dt_bias, A, bs, cs, D, height, width,
+                                     True, True, cfg, bwd_cfg)
+    return y + yt.transpose(2, 3)
