@@ -236,12 +236,10 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
 
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
-    if length >= 2048:
-        tiles = (4, 128, 4, 4, 4)
-    elif length >= 512:
-        tiles = (8, 64, 4, 8, 4)
+    if length >= 512:
+        tiles = (8, 64, 4, 2, 1)
     else:
-        tiles = (4, 64, 2, 2, 1)
+        tiles = (4, 32, 1, 2, 1)
     given = (block_c, block_l, num_warps, bwd_block_c, bwd_num_warps)
     bc, bl, nw, bbc, bnw = (g if g is not None else d for g, d in zip(given, tiles))
     bl = min(bl, max(16, triton.next_power_of_2(length)))

@@ -83,8 +83,10 @@ def sweep(args, dev):
         grid = [tuple(int(v) for v in c.split('x')) for c in args.configs] if args.configs else \
             list(itertools.product(args.sweep_c, args.sweep_l, args.sweep_w))
         for values in grid:
-            config = dict(zip(('block_c', 'block_l', 'num_warps', 'bwd_block_c', 'bwd_num_warps'),
-                              values))
+            config = dict(zip(('block_c', 'block_l', 'num_warps', 'bwd_block_c', 'bwd_num_warps',
+                               'transpose_columns'), values))
+            if 'transpose_columns' in config:
+                config['transpose_columns'] = bool(config['transpose_columns'])
             try:
                 fwd = bench(fused_with(config), inp, False, 3)
                 both = bench(fused_with(config), inp, True, 3)
@@ -183,7 +185,8 @@ def main():
     parser.add_argument('--sweep-w', type=int, nargs='+', default=[4, 8])
     parser.add_argument('--configs', nargs='+',
                         help='sweep these tiles instead of the product, each '
-                        'CxLxWARPS[xBWD_CxBWD_WARPS], e.g. 4x128x4 4x128x4x16x8')
+                        'CxLxWARPS[xBWD_CxBWD_WARPS[xTRANSPOSE_COLUMNS 0/1]], e.g. 4x128x4 '
+                        '4x128x4x16x8x1')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit('benchmark_scan.py needs a CUDA GPU')
