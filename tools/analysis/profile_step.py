@@ -1,0 +1,92 @@
+"""Where a step of a config's classifier spends its GPU time (torch.profiler), grouped by kernel.
+
+    python tools/analysis/profile_step.py CONFIG [--batch 128] [--amp fp16] [--mode train]
+        [--steps 3] [--top 25]
+
+Prints the kernels with the largest total device time over ``--steps`` profiled steps (after two
+warm-up steps), with their share of the step, and a summary by family (the SS2D scan kernels,
+matrix products, normalisation, elementwise, convolutions, copies/transposes).
+"""
+import argparse
+import re
+
+import _common
+import torch
+
+FAMILIES = (
+    ('ss2d scan (triton)', r'_ss2d_'),
+    ('matmul / 1x1 conv (gemm)', r'gemm|sm90|cutlass|cublas|xmma|matmul'),
+    ('depthwise / other conv', r'conv|depthwise|implicit'),
+    ('layernorm / reductions', r'norm|reduce|welford'),
+    ('copies / transposes', r'copy|transpose|cat|stack|permute'),
+    ('elementwise', r'elementwise|vectorized|unrolled|silu|gelu|add|mul'),
+)
+
+
+def family(name):
+    lower = name.lower()
+    for label, pattern in FAMILIES:
+        if re.search(pattern, lower):
+            return label
+    return 'other'
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config')
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224])
+    parser.add_argument('--amp', default='fp16', choices=['none', 'fp16', 'bf16'])
+    parser.add_argument('--mode', default='train', choices=['train', 'inference'])
+    parser.add_argument('--steps', type=int, default=3)
+    parser.add_argument('--top', type=int, default=25)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit('profile_step.py needs a CUDA GPU')
+    cfg = _common.load_config(args.config)
+    model = _common.build_plain_classifier(cfg).cuda()
+    model.train(args.mode == 'train')
+    images = torch.randn(args.batch, 3, *args.shape, device='cuda')
+    dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(args.amp)
+
+    def step():
+        with torch.autocast('cuda', dtype=dtype or torch.float32, enabled=dtype is not None):
+            if args.mode == 'train':
+                model(images).float().sum().backward()
+            else:
+                with torch.no_grad():
+                    model(images)
+
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(args.steps):
+            step()
+        torch.cuda.synchronize()
+    totals = {}
+    for event in prof.key_averages():
+        device_us = getattr(event, 'device_time_total', None)
+        if device_us is None:
+            device_us = event.cuda_time_total
+        if device_us > 0:
+            totals[event.key] = totals.get(event.key, 0.0) + device_us
+    step_us = sum(totals.values()) / args.steps
+    print(f'{args.config}: {args.mode} {args.amp}, batch {args.batch}: device time per step '
+          f'{step_us / 1e3:.2f} ms (sum of kernel times)')
+    by_family = {}
+    for name, us in totals.items():
+        by_family[family(name)] = by_family.get(family(name), 0.0) + us
+    print('| family | ms / step | share |\n|---|---|---|')
+    for label, us in sorted(by_family.items(), key=lambda kv: -kv[1]):
+        print(f'| {label} | {us / args.steps / 1e3:.2f} | {100 * us / args.steps / step_us:.1f}% |')
+    print(f'\n| kernel (top {args.top}) | ms / step | share |\n|---|---|---|')
+    for name, us in sorted(totals.items(), key=lambda kv: -kv[1])[:args.top]:
+        short = name if len(name) < 90 else name[:87] + '...'
+        print(f'| {short} | {us / args.steps / 1e3:.2f} | {100 * us / args.steps / step_us:.1f}% |')
+
+
+if __name__ == '__main__':
+    main()
