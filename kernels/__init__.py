@@ -5,6 +5,8 @@ from OpenMMLab. Public entry points:
 
 * :func:`ss2d_scan` - the fused SS2D core (cross-scan + dt projection + S6 + cross-merge) with a
   backend switch: Triton on CUDA tensors, torch elsewhere.
+* :func:`layer_norm_2d` - LayerNorm over the channels of a (batch, C, H, W) map, the same
+  switch (Triton kernel on CUDA, ``F.layer_norm`` elsewhere).
 * :func:`selective_scan_torch`, :func:`cross_scan`, :func:`cross_merge` - the torch reference
   pieces (mamba-ssm semantics), also used as the CPU path.
 """
@@ -16,7 +18,8 @@ from .reference import (cross_merge, cross_scan, scan_orders, selective_scan_tor
 
 __all__ = [
     'ss2d_scan', 'ss2d_scan_torch', 'ss2d_scan_triton', 'selective_scan_torch', 'cross_scan',
-    'cross_merge', 'scan_orders', 'to_scan_order', 'resolve_backend', 'BACKENDS', 'BACKEND_ENV'
+    'cross_merge', 'scan_orders', 'to_scan_order', 'resolve_backend', 'BACKENDS', 'BACKEND_ENV',
+    'layer_norm_2d'
 ]
 
 BACKENDS = ('auto', 'triton', 'torch')
@@ -75,3 +78,14 @@ def ss2d_scan(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, backend=None):
     if resolve_backend(backend, x) == 'triton':
         return ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     return ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+
+
+def layer_norm_2d(x, weight, bias, eps=1e-5, backend=None, out_dtype=None,
+                  channels_last_out=False):
+    """LayerNorm over dim 1 of a (batch, C, H, W) map with the backend switch of
+    :func:`ss2d_scan`. ``out_dtype`` (default x's dtype) and ``channels_last_out`` (store the
+    output channels-last) apply to the Triton path; the torch path follows ``F.layer_norm``."""
+    from .layernorm2d import layer_norm_2d_torch, layer_norm_2d_triton
+    if resolve_backend(backend, x) == 'triton':
+        return layer_norm_2d_triton(x, weight, bias, eps, out_dtype, channels_last_out)
+    return layer_norm_2d_torch(x, weight, bias, eps)

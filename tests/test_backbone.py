@@ -5,6 +5,7 @@ import torch
 from mmengine.registry import DefaultScope
 
 from mmvmamba.models import VMamba
+from mmvmamba.models.utils.layers import LayerNorm2d
 
 SMALL = dict(dims=8, depths=(1, 1, 2, 1))
 
@@ -76,19 +77,31 @@ def test_forward_backward_on_cpu():
     assert model.layers[0].blocks[0].op.A_logs.grad.abs().sum() > 0
 
 
-def test_torch_and_triton_paths_give_the_same_model_output():
+def test_torch_and_triton_paths_give_the_same_model_output_and_gradients():
+    # the scan and every LayerNorm2d switch together (Triton in the interpreter here)
     torch.manual_seed(0)
     model = VMamba(dict(dims=4, depths=(1, 1, 1, 1)), out_indices=(0, 1, 2, 3),
                    scan_backend='torch').eval()
+    assert {m.backend for m in model.modules() if isinstance(m, LayerNorm2d)} == {'torch'}
     x = torch.randn(1, 3, 24, 20)
-    with torch.no_grad():
-        ref = model(x)
+    results = []
+    for backend in ('torch', 'triton'):
         for m in model.modules():
             if hasattr(m, 'scan_backend'):
-                m.scan_backend = 'triton'
+                m.scan_backend = backend
+            if isinstance(m, LayerNorm2d):
+                m.backend = backend
+        model.zero_grad()
         out = model(x)
+        sum((o * torch.linspace(-1, 1, o.numel()).view(o.shape)).sum() for o in out).backward()
+        results.append(([o.detach() for o in out],
+                        {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (ref, ref_grads), (out, grads) = results
     for a, b in zip(out, ref):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    for name, g in grads.items():
+        ref_g = ref_grads[name]
+        assert (g - ref_g).norm() <= 1e-5 * ref_g.norm() + 1e-8, name
 
 
 def test_bf16_autocast_stays_finite_and_close():

@@ -52,6 +52,23 @@ def test_backbone_feeds_fpn_at_sizes_not_multiple_of_32(size):
         assert out.shape[-2:] == (h, w) and torch.isfinite(out).all()
 
 
+def test_roi_features_of_the_backbone_are_read_correctly_by_mmcv_roi_align():
+    # mmcv's RoIAlign reads its input as contiguous NCHW whatever its strides; a channels-last
+    # map (a permuted LayerNorm's output) gave garbage RoI features and a head that never learned
+    from mmcv.ops import roi_align
+    from mmvmamba.models import VMamba
+    backbone = VMamba(dict(dims=8, depths=(1, 1, 1, 1)), out_indices=(0, 1, 2, 3)).eval()
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 64, 48))
+    rois = torch.tensor([[0., 4., 6., 40., 30.]])
+    for feat in feats:
+        assert feat.is_contiguous()
+        direct = roi_align(feat, rois, (3, 3), 0.25, 2, 'avg', True)
+        reference = roi_align(feat.clone(memory_format=torch.contiguous_format), rois, (3, 3),
+                              0.25, 2, 'avg', True)
+        assert torch.equal(direct, reference)
+
+
 def test_small_config_trains_and_evaluates_with_coco_metric(tmp_path):
     import test as test_tool
     import train as train_tool

@@ -35,7 +35,7 @@ class PatchMerging2d(nn.Module):
 
     def __init__(self, dim, out_dim):
         super().__init__()
-        self.norm = LayerNorm2d(4 * dim)
+        self.norm = LayerNorm2d(4 * dim, feeds_linear=True)
         self.reduction = Linear2d(4 * dim, out_dim, bias=False)
 
     def forward(self, x):

@@ -46,7 +46,7 @@ class SS2D(nn.Module):
         self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
-        self.out_norm = LayerNorm2d(d_inner)
+        self.out_norm = LayerNorm2d(d_inner, feeds_linear=True)
         self.out_proj = Linear2d(d_inner, dim, bias=False)
         self.dropout = nn.Dropout(dropout)
         self._dt_range = (dt_min, dt_max, dt_init_floor)

@@ -17,11 +17,11 @@ class VSSBlock(nn.Module):
 
     def __init__(self, dim, drop_path=0., mlp_ratio=4.0, ssm_cfg=None):
         super().__init__()
-        self.norm = LayerNorm2d(dim)
+        self.norm = LayerNorm2d(dim, feeds_linear=True)
         self.op = SS2D(dim, **(ssm_cfg or {}))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if mlp_ratio > 0:
-            self.norm2 = LayerNorm2d(dim)
+            self.norm2 = LayerNorm2d(dim, feeds_linear=True)
             self.mlp = Mlp(dim, int(dim * mlp_ratio))
         else:
             self.mlp = None

@@ -51,8 +51,9 @@ class VMamba(BaseModule):
         drop_path_rate (float, optional): stochastic depth, linear over blocks; None uses the
             arch's value. Default: None.
         with_cp (bool): activation checkpointing per block. Default: False.
-        scan_backend (str, optional): 'auto' | 'triton' | 'torch' for the selective scan
-            (None: ``$VMAMBA_SCAN_BACKEND`` or auto: Triton on CUDA, torch on CPU).
+        scan_backend (str, optional): 'auto' | 'triton' | 'torch' for the selective scan and
+            the channel-first LayerNorms (None: ``$VMAMBA_SCAN_BACKEND`` or auto: Triton on
+            CUDA, torch on CPU).
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH,
             prefix='backbone.')``; loads our checkpoints and the authors' released files
             (strict about shapes, missing/unexpected keys reported). Default: None.
@@ -113,6 +114,9 @@ class VMamba(BaseModule):
         if norm_outputs:
             for i in self.out_indices:
                 self.add_module(f'outnorm{i}', LayerNorm2d(dims[i]))
+        for m in self.modules():
+            if isinstance(m, LayerNorm2d):
+                m.backend = scan_backend
         self._freeze_stages()
 
     def _arch_config(self, arch):
@@ -192,7 +196,10 @@ class VMamba(BaseModule):
         for i, layer in enumerate(self.layers):
             x = self._run_blocks(layer.blocks, x)
             if i in self.out_indices:
-                outs.append(getattr(self, f'outnorm{i}')(x) if self.norm_outputs else x)
+                out = getattr(self, f'outnorm{i}')(x) if self.norm_outputs else x
+                # channel-first and contiguous for the necks and heads: mmcv's RoIAlign reads a
+                # channels-last-strided map (what a permuted LayerNorm returns) as garbage
+                outs.append(out.contiguous())
             if i == self.out_indices[-1]:
                 break
             x = layer.downsample(x)

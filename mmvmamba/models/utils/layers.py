@@ -2,6 +2,7 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from vmamba_kernels import layer_norm_2d
 
 
 class DropPath(nn.Module):
@@ -21,9 +22,37 @@ class DropPath(nn.Module):
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map (parameters shaped like nn.LayerNorm's)."""
+    """LayerNorm over the channels of an NCHW map (parameters shaped like nn.LayerNorm's).
+
+    On CUDA it runs the channel-first Triton kernel of ``vmamba_kernels.layer_norm_2d`` (one read
+    and one write of the map, no permute copies); elsewhere ``F.layer_norm`` on a channel-last
+    view. The switch is the package's backend switch (argument ``backend`` or
+    ``$VMAMBA_SCAN_BACKEND``).
+
+    Args:
+        feeds_linear (bool): the output only feeds a linear (1x1 conv) layer: on the Triton
+            path it is then stored channels-last (what the convolution runs on without layout
+            changes, as it gets from the permuted ``F.layer_norm`` output) and, under autocast,
+            in the autocast dtype that layer would cast it to anyway. Otherwise it is
+            channel-first and float32 under autocast like ``F.layer_norm``, so residual streams
+            keep their precision. Default: False.
+        backend (str, optional): 'auto' | 'triton' | 'torch'. Default: None (environment).
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, feeds_linear=False, backend=None, **kwargs):
+        super().__init__(normalized_shape, eps=eps, **kwargs)
+        self.feeds_linear, self.backend = feeds_linear, backend
 
     def forward(self, x):
+        if x.dim() == 4 and self.elementwise_affine and self.bias is not None:
+            out_dtype = None
+            if torch.is_autocast_enabled(x.device.type):
+                out_dtype = (torch.get_autocast_dtype(x.device.type) if self.feeds_linear else
+                             torch.float32)
+            if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+                x = x.contiguous()
+            return layer_norm_2d(x, self.weight, self.bias, self.eps, backend=self.backend,
+                                 out_dtype=out_dtype, channels_last_out=self.feeds_linear)
         return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
                             self.eps).permute(0, 3, 1, 2)
 

@@ -1,0 +1,157 @@
+"""LayerNorm over the channels of a channel-first (batch, C, H, W) map, in Triton.
+
+The torch route (permute to channel-last, ``F.layer_norm``, permute back) moves the map through
+memory three times in the forward and again in the backward, and under autocast its float32
+output is cast again by the next layer. One program here owns (batch b, BLOCK_P positions) and
+all C channels: it reads the (C, BLOCK_P) tile once (each channel row contiguous over positions),
+normalises over C in float32 and writes the result once, in the requested dtype. The backward
+reads x and dy once, writes dx, and reduces d weight / d bias through per-program partial rows
+summed in a fixed order (deterministic, no atomics).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .checks import check_tensor
+
+__all__ = ['layer_norm_2d_triton', 'layer_norm_2d_torch']
+
+
+@triton.jit
+def _ln2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, C, P, eps, sxc, sxp, syc,
+                     syp, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.arange(0, BLOCK_C)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    cm = c < C
+    pm = p < P
+    m2 = cm[:, None] & pm[None, :]
+    base = b * C * P
+    x = tl.load(x_ptr + base + c[:, None] * sxc + p[None, :] * sxp, mask=m2,
+                other=0.).to(tl.float32)
+    mean = tl.sum(x, 0) / C
+    xc = tl.where(m2, x - mean[None, :], 0.)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 0) / C + eps)
+    w = tl.load(w_ptr + c, mask=cm, other=0.).to(tl.float32)
+    bias = tl.load(b_ptr + c, mask=cm, other=0.).to(tl.float32)
+    y = xc * rstd[None, :] * w[:, None] + bias[:, None]
+    tl.store(y_ptr + base + c[:, None] * syc + p[None, :] * syp, y.to(y_ptr.dtype.element_ty),
+             mask=m2)
+    tl.store(mean_ptr + b * P + p, mean, mask=pm)
+    tl.store(rstd_ptr + b * P + p, rstd, mask=pm)
+
+
+@triton.jit
+def _ln2d_bwd_kernel(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, C, P,
+                     NPB, sxc, sxp, syc, syp, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.arange(0, BLOCK_C)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    cm = c < C
+    pm = p < P
+    m2 = cm[:, None] & pm[None, :]
+    base = b * C * P
+    x_offs = base + c[:, None] * sxc + p[None, :] * sxp  # dx has x's layout
+    x = tl.load(x_ptr + x_offs, mask=m2, other=0.).to(tl.float32)
+    dy = tl.load(dy_ptr + base + c[:, None] * syc + p[None, :] * syp, mask=m2,
+                 other=0.).to(tl.float32)
+    mean = tl.load(mean_ptr + b * P + p, mask=pm, other=0.)
+    rstd = tl.load(rstd_ptr + b * P + p, mask=pm, other=0.)
+    w = tl.load(w_ptr + c, mask=cm, other=0.).to(tl.float32)
+    xhat = tl.where(m2, (x - mean[None, :]) * rstd[None, :], 0.)
+    wdy = dy * w[:, None]
+    c1 = tl.sum(xhat * wdy, 0) / C
+    c2 = tl.sum(wdy, 0) / C
+    dx = (wdy - xhat * c1[None, :] - c2[None, :]) * rstd[None, :]
+    tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=m2)
+    row = (b * NPB + pid_p) * C + c
+    tl.store(dw_ptr + row, tl.sum(dy * xhat, 1), mask=cm)
+    tl.store(db_ptr + row, tl.sum(dy, 1), mask=cm)
+
+
+def _tiles(channels):
+    """All channels x BLOCK_P positions (at least 16: 64-byte rows), ~32 elements per thread."""
+    block_c = triton.next_power_of_2(channels)
+    block_p = max(16, min(128, 4096 // block_c))
+    return block_c, block_p, max(4, min(16, block_c * block_p // 1024))
+
+
+def _layout_strides(t):
+    """(channel stride, position stride) of a (batch, C, H, W) map stored channel-first or
+    channels-last; None for any other layout."""
+    channels, positions = t.shape[1], t.shape[2] * t.shape[3]
+    if t.is_contiguous():
+        return positions, 1
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return 1, channels
+    return None
+
+
+def _in_layout(t):
+    """t itself when channel-first or channels-last (both read directly), else a copy."""
+    return t if _layout_strides(t) is not None else t.contiguous()
+
+
+class LayerNorm2dFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, out_dtype, channels_last_out):
+        batch, channels = x.shape[:2]
+        positions = x.shape[2] * x.shape[3]
+        block_c, block_p, warps = _tiles(channels)
+        fmt = torch.channels_last if channels_last_out else torch.contiguous_format
+        y = torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=fmt)
+        mean = torch.empty((batch, positions), device=x.device, dtype=torch.float32)
+        rstd = torch.empty_like(mean)
+        grid = (triton.cdiv(positions, block_p), batch)
+        _ln2d_fwd_kernel[grid](x, weight, bias, y, mean, rstd, channels, positions, eps,
+                               *_layout_strides(x), *_layout_strides(y), BLOCK_C=block_c,
+                               BLOCK_P=block_p, num_warps=warps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        batch, channels = x.shape[:2]
+        positions = x.shape[2] * x.shape[3]
+        block_c, block_p, warps = _tiles(channels)
+        n_blocks = triton.cdiv(positions, block_p)
+        dy = _in_layout(dy)
+        dx = torch.empty_like(x)  # x's layout (preserved by empty_like)
+        dw = torch.empty((batch * n_blocks, channels), device=x.device, dtype=torch.float32)
+        db = torch.empty_like(dw)
+        _ln2d_bwd_kernel[(n_blocks, batch)](x, weight, dy, mean, rstd, dx, dw, db, channels,
+                                            positions, n_blocks, *_layout_strides(x),
+                                            *_layout_strides(dy), BLOCK_C=block_c,
+                                            BLOCK_P=block_p, num_warps=warps)
+        return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype), None, None, None
+
+
+def layer_norm_2d_triton(x, weight, bias, eps=1e-5, out_dtype=None, channels_last_out=False):
+    """LayerNorm over dim 1 of a (batch, C, H, W) map stored channel-first or channels-last
+    (Triton; CUDA tensors, or CPU under ``TRITON_INTERPRET=1``). Statistics in float32; the
+    output is ``out_dtype`` (default x's dtype), stored channels-last if ``channels_last_out``
+    (what a following 1x1 convolution runs on without a layout change)."""
+    check_tensor('x', x, 4, (torch.float32, torch.bfloat16, torch.float16))
+    channels = x.shape[1]
+    for name, t in (('weight', weight), ('bias', bias)):
+        check_tensor(name, t, 1)
+        if t.shape[0] != channels:
+            raise ValueError(f'{name} must have {channels} entries (the channels of x), got '
+                             f'{tuple(t.shape)}')
+    if _layout_strides(x) is None:
+        raise ValueError('x must be contiguous, channel-first or channels-last, for the Triton '
+                         f'LayerNorm2d; got strides {tuple(x.stride())} for shape '
+                         f'{tuple(x.shape)}')
+    return LayerNorm2dFunction.apply(x, weight, bias, float(eps), out_dtype or x.dtype,
+                                     bool(channels_last_out))
+
+
+def layer_norm_2d_torch(x, weight, bias, eps=1e-5):
+    """Reference / CPU path: the same normalisation through ``F.layer_norm`` on a channel-last
+    view."""
+    return torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1], ), weight, bias,
+                                          eps).permute(0, 3, 1, 2)

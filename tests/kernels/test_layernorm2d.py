@@ -1,0 +1,98 @@
+"""Channel-first LayerNorm (Triton under TRITON_INTERPRET=1 on CPU) against float64 arithmetic."""
+import pytest
+import torch
+
+import vmamba_kernels as vk
+from vmamba_kernels.layernorm2d import layer_norm_2d_triton
+
+
+def reference(x, weight, bias, eps):
+    """Direct float64 formula over dim 1 (independent of F.layer_norm)."""
+    x = x.double()
+    mean = x.mean(1, keepdim=True)
+    var = ((x - mean)**2).mean(1, keepdim=True)
+    shape = (1, -1, 1, 1)
+    return (x - mean) / torch.sqrt(var + eps) * weight.double().view(shape) + \
+        bias.double().view(shape)
+
+
+def rel(a, b):
+    return ((a.double() - b).abs().max() / b.abs().max()).item()
+
+
+def inputs(batch, channels, height, width, dtype=torch.float32):
+    x = (torch.randn(batch, channels, height, width) * 3 + 1).to(dtype)
+    weight = torch.randn(channels) * 0.5 + 1
+    bias = torch.randn(channels) * 0.1
+    return x, weight, bias
+
+
+# odd channel counts (padded tiles), odd and unit maps, several position blocks
+@pytest.mark.parametrize('shape', [(2, 3, 5, 7), (1, 33, 11, 13), (3, 96, 4, 4), (1, 300, 3, 1),
+                                   (2, 8, 1, 1)])
+def test_forward_and_gradients_match_float64(shape):
+    x, weight, bias = inputs(*shape)
+    leaves = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    leaves64 = [t.double().requires_grad_(True) for t in (x, weight, bias)]
+    y = layer_norm_2d_triton(*leaves, eps=1e-5)
+    ref = reference(*leaves64, eps=1e-5)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    assert rel(y.detach(), ref.detach()) < 1e-5
+    grad = torch.randn(shape, dtype=torch.float64)
+    y.backward(grad.float())
+    ref.backward(grad)
+    for name, a, b in zip(('x', 'weight', 'bias'), leaves, leaves64):
+        assert rel(a.grad, b.grad) < 1e-5, name
+
+
+@pytest.mark.parametrize('in_last,out_last', [(True, False), (False, True), (True, True)])
+def test_channels_last_input_output_and_gradient(in_last, out_last):
+    x, weight, bias = inputs(2, 24, 5, 3)
+    fmt = torch.channels_last
+    x64 = x.double().requires_grad_(True)
+    leaf = (x.contiguous(memory_format=fmt) if in_last else x.clone()).requires_grad_(True)
+    y = layer_norm_2d_triton(leaf, weight, bias, channels_last_out=out_last)
+    ref = reference(x64, weight, bias, 1e-5)
+    assert y.is_contiguous(memory_format=fmt) == out_last
+    assert rel(y.detach(), ref.detach()) < 1e-5
+    grad = torch.randn(x.shape, dtype=torch.float64)
+    # the upstream gradient arrives channels-last, as from a 1x1 conv on a channels-last input
+    y.backward(grad.float().contiguous(memory_format=fmt))
+    ref.backward(grad)
+    assert rel(leaf.grad, x64.grad) < 1e-5
+
+
+def test_output_dtype_and_bf16_input():
+    x, weight, bias = inputs(2, 12, 6, 5, torch.bfloat16)
+    y16 = layer_norm_2d_triton(x, weight, bias)
+    y32 = layer_norm_2d_triton(x, weight, bias, out_dtype=torch.float32)
+    ref = reference(x, weight, bias, 1e-5)
+    assert y16.dtype == torch.bfloat16 and y32.dtype == torch.float32
+    assert rel(y32, ref) < 1e-5  # statistics in float32 from the bf16 values
+    assert rel(y16, ref) < 1e-2
+
+
+def test_backward_deterministic_and_dispatch_matches_torch_path():
+    x, weight, bias = inputs(2, 20, 9, 7)
+    grad = torch.randn(x.shape)
+    grads = []
+    for _ in range(2):
+        w = weight.clone().requires_grad_(True)
+        layer_norm_2d_triton(x, w, bias).backward(grad)
+        grads.append(w.grad)
+    assert torch.equal(grads[0], grads[1])
+    torch_path = vk.layer_norm_2d(x, weight, bias, backend='torch')
+    triton_path = vk.layer_norm_2d(x, weight, bias, backend='triton')
+    assert torch.allclose(torch_path, triton_path, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_inputs_name_the_argument():
+    x, weight, bias = inputs(1, 4, 3, 3)
+    with pytest.raises(ValueError, match='weight'):
+        layer_norm_2d_triton(x, weight[:3], bias)
+    with pytest.raises(ValueError, match='contiguous'):
+        layer_norm_2d_triton(x[:, :, :, ::2], weight, bias)
+    with pytest.raises(ValueError, match='x must have 4 dimensions'):
+        layer_norm_2d_triton(x[0], weight, bias)
+    with pytest.raises(TypeError, match='x must have dtype'):
+        layer_norm_2d_triton(x.double(), weight, bias)
