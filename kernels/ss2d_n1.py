@@ -41,15 +41,16 @@ def _combine_grad(g_first, p_first, a_first, g_then, p_then, a_then):
 
 
 @triton.jit
-def _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, tm, L, R,
+def _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R,
               BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    """u and delta's pre-activation for one chunk, in scan order."""
+    """u and delta's pre-activation for one chunk, in scan order (x at offsets s, the dt_low
+    rows at sp)."""
     m2 = cm[:, None] & tm[None, :]
     u = tl.load(x_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
     pre = tl.zeros((BLOCK_C, BLOCK_L), tl.float32) + bias[:, None]
     for r in range(R):
         w_r = tl.load(w_ptr + kc * R + r, mask=cm, other=0.).to(tl.float32)
-        dt_r = tl.load(dtl_base + r * L + s, mask=tm, other=0.).to(tl.float32)
+        dt_r = tl.load(dtl_base + r * L + sp, mask=tm, other=0.).to(tl.float32)
         pre += w_r[:, None] * dt_r[None, :]
     return u, pre
 
@@ -81,11 +82,12 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
         t = ch * BLOCK_L + lt
         tm = t < L
         m2 = cm[:, None] & tm[None, :]
-        s = _scan_index(t, K, H, W, MERGED and not COLS_T)
-        u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, tm, L, R, BLOCK_C,
+        s = _scan_index(t, K, H, W, MERGED and not COLS_T)  # in the map read / written
+        sp = _scan_index(t, K, H, W, MERGED)  # in the row-major dt_low, Bs, Cs
+        u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R, BLOCK_C,
                            BLOCK_L)
-        bv = tl.load(bs_base + s, mask=tm, other=0.).to(tl.float32)
-        cv = tl.load(cs_base + s, mask=tm, other=0.).to(tl.float32)
+        bv = tl.load(bs_base + sp, mask=tm, other=0.).to(tl.float32)
+        cv = tl.load(cs_base + sp, mask=tm, other=0.).to(tl.float32)
         delta = _softplus(pre)
         decay = tl.where(tm[None, :], tl.exp(delta * A[:, None]), 1.0)
         inp = delta * u * bv[None, :]
@@ -160,11 +162,12 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
         t = ch * BLOCK_L + lt
         tm = t < L
         m2 = cm[:, None] & tm[None, :]
-        s = _scan_index(t, K, H, W, MERGED and not COLS_T)
-        u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, tm, L, R, BLOCK_C,
+        s = _scan_index(t, K, H, W, MERGED and not COLS_T)  # in the map read / written
+        sp = _scan_index(t, K, H, W, MERGED)  # in the row-major dt_low, Bs, Cs
+        u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R, BLOCK_C,
                            BLOCK_L)
-        bv = tl.load(bs_base + s, mask=tm, other=0.).to(tl.float32)
-        cv = tl.load(cs_base + s, mask=tm, other=0.).to(tl.float32)
+        bv = tl.load(bs_base + sp, mask=tm, other=0.).to(tl.float32)
+        cv = tl.load(cs_base + sp, mask=tm, other=0.).to(tl.float32)
         dy = tl.load(dy_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
         delta = _softplus(pre)
         decay = tl.where(tm[None, :], tl.exp(delta * A[:, None]), 1.0)
@@ -190,13 +193,14 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
         dpre = tl.where(m2, ddelta / (1.0 + tl.exp(-pre)), 0.)
         dA_acc += tl.sum(g * delta * carried, 1)
         dbias_acc += tl.sum(dpre, 1)
-        tl.store(dB_ptr + part * L + s, tl.sum(g * du_in, 0), mask=tm)
-        tl.store(dC_ptr + part * L + s, tl.sum(states * dy, 0), mask=tm)
+        tl.store(dB_ptr + part * L + sp, tl.sum(g * du_in, 0), mask=tm)
+        tl.store(dC_ptr + part * L + sp, tl.sum(states * dy, 0), mask=tm)
         dx_ptrs = dx_base + c[:, None] * L + s[None, :]
         if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
             du += tl.load(dx_ptrs, mask=m2, other=0.)
         tl.store(dx_ptrs, du, mask=m2)
-        # the dt projection's backward is two GEMMs on dpre, done by the caller
+        # the dt projection's backward is two GEMMs on dpre, done by the caller; dpre is in the
+        # order of the map this direction walks (column-major for transposed column directions)
         tl.store(dpre_base + c[:, None] * L + s[None, :], dpre, mask=m2)
         # the entry end of this chunk (in scan order) is the next chunk's "step after"
         carry = tl.sum(tl.where(lt[None, :] == (BLOCK_L - 1 if REV else 0), decay * g, 0.), 1)
@@ -253,12 +257,12 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
 class SS2DScanN1Function(torch.autograd.Function):
     """Forward and backward launches of the d_state = 1 kernels.
 
-    merged=True: ``x`` is the (batch, C, H, W) map. With ``cols_t``, ``xt`` is its transpose
-    (batch, C, W, H), contiguous, and dt_low, Bs, Cs are (batch, 4, ., L) with directions 0 and 2
-    in row-major and 1 and 3 in column-major order (see :func:`ss2d_scan_n1`); returns (y, yt)
+    merged=True: ``x`` is the (batch, C, H, W) map, dt_low, Bs, Cs (batch, 4, ., L) row-major.
+    With ``cols_t``, ``xt`` is x's transpose (batch, C, W, H), contiguous, which the column
+    directions read (they read the small dt_low / Bs / Cs rows with a stride); returns (y, yt)
     float32, the sums of directions 0 + 2 as (batch, C, H, W) and of 1 + 3 as (batch, C, W, H).
-    Without ``cols_t`` the column directions walk x with a stride (``xt`` is ignored, inputs all
-    row-major) and y holds all four directions; yt is empty.
+    Without ``cols_t`` the column directions walk x with a stride too (``xt`` is ignored) and y
+    holds all four directions; yt is empty.
     merged=False (the benchmark's unfused baseline): ``x`` is the (batch, 4, C, L) cross scan, every
     input in scan order, ``xt`` ignored; returns (y per direction (batch, 4, C, L), empty).
     """
@@ -315,9 +319,15 @@ class SS2DScanN1Function(torch.autograd.Function):
             dyt, dx, dxt, dpre, dbias, dA, dB, dC, dD, channels, height, width, length, rank,
             n_chunks, n_cblocks, HAS_D=D is not None, MERGED=merged, COLS_T=cols_t, **cfg)
         # the rank-R dt projection's gradients are two batched GEMMs on d(pre-activation):
-        # d dt_low[b, k] = w[k]^T dpre[b, k]; d w[k] = sum_b dpre[b, k] dt_low[b, k]^T
+        # d dt_low[b, k] = w[k]^T dpre[b, k]; d w[k] = sum_b dpre[b, k] dt_low[b, k]^T, with
+        # dt_low in dpre's order (column-major for the transposed column directions)
+        dt_in_order = dt_low.float()
+        if cols_t:
+            dt_in_order = _odd_directions_by_column(dt_in_order, height, width)
         ddtl = torch.matmul(dt_weight.float().transpose(1, 2), dpre)
-        dw = torch.matmul(dpre, dt_low.float().transpose(2, 3)).sum(0)
+        if cols_t:
+            ddtl = _odd_directions_by_column(ddtl, width, height)  # back to row-major
+        dw = torch.matmul(dpre, dt_in_order.transpose(2, 3)).sum(0)
         return (dx.to(x.dtype), dxt.to(x.dtype) if cols_t else None, ddtl.to(dt_low.dtype),
                 dw.to(dt_weight.dtype), dbias.sum(0).view(4, channels).to(dt_bias.dtype),
                 dA.sum(0)[:, None].to(A.dtype), dB.sum(2, keepdim=True).to(Bs.dtype),
@@ -326,7 +336,8 @@ class SS2DScanN1Function(torch.autograd.Function):
 
 
 def _odd_directions_by_column(t, height, width):
-    """(batch, 4, rows, H*W) in row-major order -> directions 1 and 3 in column-major order."""
+    """(batch, 4, rows, H*W): directions 1 and 3 transposed from (H, W) row-major order to
+    column-major order (with height and width swapped: back again)."""
     batch, _, rows, length = t.shape
     grid = t.view(batch, 4, rows, height, width)
     cols = grid[:, 1::2].transpose(3, 4).reshape(batch, 2, rows, length)
@@ -344,10 +355,10 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
 
     On large maps (``transpose_columns`` None: H * W >= ``TRANSPOSE_FROM_LENGTH``) the column
     directions (1, 3) read a transposed copy of the map and write a transposed output, so every
-    access of the kernels is contiguous; the transposes (the map, the small dt_low / Bs / Cs rows
-    of those directions, the final sum) are torch ops whose gradients autograd handles. On the
-    H100 at 56 x 56 this halves the forward (docs/kernels.md); on small maps the strided walk
-    stays in cache and the copies would cost more than they save.
+    access to the map is contiguous (only the few dt_low / Bs / Cs rows are read with a stride);
+    the two transposes (the map, the final sum) are torch ops whose gradients autograd handles.
+    On the H100 at 56 x 56 this halves the forward (docs/kernels.md); on small maps the strided
+    walk stays in cache and the copies would cost more than they save.
     """
     height, width = x.shape[2], x.shape[3]
     length = height * width
@@ -358,7 +369,6 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
         return SS2DScanN1Function.apply(x, x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                         width, True, False, cfg, bwd_cfg)[0]
     xt = x.transpose(2, 3).contiguous()
-    dtl, bs, cs = (_odd_directions_by_column(t, height, width) for t in (dt_low, Bs, Cs))
-    y, yt = SS2DScanN1Function.apply(x, xt, dtl, dt_weight, dt_bias, A, bs, cs, D, height, width,
-                                     True, True, cfg, bwd_cfg)
+    y, yt = SS2DScanN1Function.apply(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+                                     width, True, True, cfg, bwd_cfg)
     return y + yt.transpose(2, 3)
