@@ -193,8 +193,9 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
         dpre = tl.where(m2, ddelta / (1.0 + tl.exp(-pre)), 0.)
         dA_acc += tl.sum(g * delta * carried, 1)
         dbias_acc += tl.sum(dpre, 1)
-        tl.store(dB_ptr + part * L + sp, tl.sum(g * du_in, 0), mask=tm)
-        tl.store(dC_ptr + part * L + sp, tl.sum(states * dy, 0), mask=tm)
+        # in the walked map's order, like dpre (the caller puts them back in row-major order)
+        tl.store(dB_ptr + part * L + s, tl.sum(g * du_in, 0), mask=tm)
+        tl.store(dC_ptr + part * L + s, tl.sum(states * dy, 0), mask=tm)
         dx_ptrs = dx_base + c[:, None] * L + s[None, :]
         if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
             du += tl.load(dx_ptrs, mask=m2, other=0.)
@@ -325,13 +326,13 @@ class SS2DScanN1Function(torch.autograd.Function):
         if cols_t:
             dt_in_order = _odd_directions_by_column(dt_in_order, height, width)
         ddtl = torch.matmul(dt_weight.float().transpose(1, 2), dpre)
-        if cols_t:
-            ddtl = _odd_directions_by_column(ddtl, width, height)  # back to row-major
         dw = torch.matmul(dpre, dt_in_order.transpose(2, 3)).sum(0)
+        dB, dC = dB.sum(2, keepdim=True), dC.sum(2, keepdim=True)
+        if cols_t:  # back to row-major
+            ddtl, dB, dC = (_odd_directions_by_column(t, width, height) for t in (ddtl, dB, dC))
         return (dx.to(x.dtype), dxt.to(x.dtype) if cols_t else None, ddtl.to(dt_low.dtype),
                 dw.to(dt_weight.dtype), dbias.sum(0).view(4, channels).to(dt_bias.dtype),
-                dA.sum(0)[:, None].to(A.dtype), dB.sum(2, keepdim=True).to(Bs.dtype),
-                dC.sum(2, keepdim=True).to(Cs.dtype),
+                dA.sum(0)[:, None].to(A.dtype), dB.to(Bs.dtype), dC.to(Cs.dtype),
                 dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 6
 
 
