@@ -18,15 +18,21 @@ __all__ = ['layer_norm_2d_triton', 'layer_norm_2d_torch']
 
 
 @triton.jit
-def _ln2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, C, P, eps, sxc, sxp, syc,
-                     syp, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _tile(C, P, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's (batch, BLOCK_P positions) tile over all channels, with its masks."""
     pid_p = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.arange(0, BLOCK_C)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     cm = c < C
     pm = p < P
-    m2 = cm[:, None] & pm[None, :]
+    return pid_p, b, c, p, cm, pm, cm[:, None] & pm[None, :]
+
+
+@triton.jit
+def _ln2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, C, P, eps, sxc, sxp, syc,
+                     syp, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid_p, b, c, p, cm, pm, m2 = _tile(C, P, BLOCK_C, BLOCK_P)
     base = b * C * P
     x = tl.load(x_ptr + base + c[:, None] * sxc + p[None, :] * sxp, mask=m2,
                 other=0.).to(tl.float32)
@@ -45,13 +51,7 @@ def _ln2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, C, P, eps, 
 @triton.jit
 def _ln2d_bwd_kernel(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, C, P,
                      NPB, sxc, sxp, syc, syp, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    pid_p = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    c = tl.arange(0, BLOCK_C)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    cm = c < C
-    pm = p < P
-    m2 = cm[:, None] & pm[None, :]
+    pid_p, b, c, p, cm, pm, m2 = _tile(C, P, BLOCK_C, BLOCK_P)
     base = b * C * P
     x_offs = base + c[:, None] * sxc + p[None, :] * sxp  # dx has x's layout
     x = tl.load(x_ptr + x_offs, mask=m2, other=0.).to(tl.float32)

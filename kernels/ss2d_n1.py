@@ -56,26 +56,35 @@ def _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R,
 
 
 @triton.jit
-def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
-                   yt_ptr, hs_ptr, b, c, cm, lt, CH, H, W, L, R, NCH,
-                   K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr, SAVE_STATES: tl.constexpr, MERGED: tl.constexpr,
-                   COLS_T: tl.constexpr,
-                   BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Direction K of the forward; REV: walk it as direction K - 2 backwards (chunks last to
-    first, each scanned in reverse)."""
+def _direction_inputs(dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R,
+                      NCH, K: tl.constexpr, HAS_D: tl.constexpr):
+    """Direction K's per-channel parameters (A, dt bias, D: zeros without D) and the bases of
+    its dt_low / Bs / Cs rows and saved chunk states."""
     kc = K * CH + c
-    dir_offset = (b * CH * L) if MERGED else ((b * 4 + K) * CH * L)
-    # merged: the column directions (K odd) read / write the transposed maps
-    x_base = (xt_ptr if MERGED and COLS_T and K % 2 == 1 else x_ptr) + dir_offset
-    y_base = (yt_ptr if MERGED and COLS_T and K % 2 == 1 else y_ptr) + dir_offset
     A = tl.load(A_ptr + kc, mask=cm, other=0.).to(tl.float32)
     bias = tl.load(bias_ptr + kc, mask=cm, other=0.).to(tl.float32)
     if HAS_D:
         Dk = tl.load(D_ptr + kc, mask=cm, other=0.).to(tl.float32)
-    dtl_base = dtl_ptr + (b * 4 + K) * R * L
-    bs_base = B_ptr + (b * 4 + K) * L
-    cs_base = C_ptr + (b * 4 + K) * L
-    hs_base = hs_ptr + ((b * 4 + K) * CH + c) * NCH
+    else:
+        Dk = tl.zeros_like(A)
+    return (kc, A, bias, Dk, dtl_ptr + (b * 4 + K) * R * L, B_ptr + (b * 4 + K) * L,
+            C_ptr + (b * 4 + K) * L, hs_ptr + ((b * 4 + K) * CH + c) * NCH)
+
+
+@triton.jit
+def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
+                   yt_ptr, hs_ptr, b, c, cm, lt, CH, H, W, L, R, NCH,
+                   K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr,
+                   SAVE_STATES: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
+                   BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Direction K of the forward; REV: walk it as direction K - 2 backwards (chunks last to
+    first, each scanned in reverse)."""
+    kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
+        dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D)
+    dir_offset = (b * CH * L) if MERGED else ((b * 4 + K) * CH * L)
+    # merged: the column directions (K odd) read / write the transposed maps
+    x_base = (xt_ptr if MERGED and COLS_T and K % 2 == 1 else x_ptr) + dir_offset
+    y_base = (yt_ptr if MERGED and COLS_T and K % 2 == 1 else y_ptr) + dir_offset
     h = tl.zeros((BLOCK_C, ), tl.float32)
     for i in range(NCH):
         ch = (NCH - 1 - i) if REV else i
@@ -137,20 +146,13 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
                    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """Direction K of the backward (REV as in :func:`_fwd_direction`); chunks in the opposite
     order to the forward."""
-    kc = K * CH + c
+    kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
+        dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D)
     dir_offset = (b * CH * L) if MERGED else ((b * 4 + K) * CH * L)
     # merged: the column directions (K odd) read / write the transposed maps
     x_base = (xt_ptr if MERGED and COLS_T and K % 2 == 1 else x_ptr) + dir_offset
     dy_base = (dyt_ptr if MERGED and COLS_T and K % 2 == 1 else dy_ptr) + dir_offset
     dx_base = (dxt_ptr if MERGED and COLS_T and K % 2 == 1 else dx_ptr) + dir_offset
-    A = tl.load(A_ptr + kc, mask=cm, other=0.).to(tl.float32)
-    bias = tl.load(bias_ptr + kc, mask=cm, other=0.).to(tl.float32)
-    if HAS_D:
-        Dk = tl.load(D_ptr + kc, mask=cm, other=0.).to(tl.float32)
-    dtl_base = dtl_ptr + (b * 4 + K) * R * L
-    bs_base = B_ptr + (b * 4 + K) * L
-    cs_base = C_ptr + (b * 4 + K) * L
-    hs_base = hs_ptr + ((b * 4 + K) * CH + c) * NCH
     part = (b * 4 + K) * NCB + pid_c
     dpre_base = dpre_ptr + (b * 4 + K) * CH * L
     carry = tl.zeros((BLOCK_C, ), tl.float32)  # decay * dL/dh of the step after the chunk

@@ -91,7 +91,8 @@ def sweep(args, dev):
                 fwd = bench(fused_with(config), inp, False, 3)
                 both = bench(fused_with(config), inp, True, 3)
             except Exception as err:  # e.g. out of shared memory / registers
-                print(f'stage {stage} {config}: failed ({type(err).__name__}: {str(err)[:800]})', flush=True)
+                print(f'stage {stage} {config}: failed ({type(err).__name__}: '
+                      f'{str(err)[:800]})', flush=True)
                 continue
             results.append((both, fwd, config))
             print(f'stage {stage} {config}: fwd {fwd:.3f} fwd+bwd {both:.3f}', flush=True)
