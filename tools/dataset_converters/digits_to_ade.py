@@ -1,5 +1,6 @@
 """Build a small ADE20K-format semantic segmentation dataset from scikit-learn's bundled digits
-(no download): 1-4 upscaled digits pasted on black canvases, every pixel labelled.
+(no download): 1-4 upscaled digits pasted on black canvases without overlapping, every pixel
+labelled.
 
 ADE20K's reduce-zero-label convention: annotation value 0 is "ignore" (here: the soft edge of each
 digit, neither clearly ink nor background), value 1 is 'background', value d + 2 is digit d; with
@@ -16,6 +17,11 @@ import os.path as osp
 import cv2
 import numpy as np
 
+try:  # imported as tools' dataset_converters package (tests) or run as a script
+    from .digits_to_coco import _place
+except ImportError:
+    from digits_to_coco import _place
+
 CLASSES = ('background', ) + tuple(str(i) for i in range(10))
 PALETTE = [[0, 0, 0]] + [[int(c) for c in cv2.applyColorMap(np.uint8([[25 * i + 20]]),
                                                           cv2.COLORMAP_JET)[0, 0][::-1]]
@@ -31,12 +37,18 @@ def make_split(images, labels, num_images, size, rng, out_dir, split):
     for idx in range(num_images):
         canvas = np.zeros((size, size), np.uint8)
         label = np.ones((size, size), np.uint8)  # 1 = background
+        occupied = np.zeros((size, size), bool)
         for _ in range(rng.randint(1, 5)):
             k = rng.randint(len(images))
             side = rng.randint(size // 5, size // 3 + 1)
             digit = cv2.resize((images[k] * 255 / 16).astype(np.uint8), (side, side),
                                interpolation=cv2.INTER_CUBIC)
-            y, x = rng.randint(0, size - side + 1), rng.randint(0, size - side + 1)
+            # digits never overlap: an overlap shows two digits' ink under one digit's label
+            spot = _place(occupied, side, side, rng)
+            if spot is None:
+                continue
+            y, x = spot
+            occupied[y:y + side, x:x + side] = True
             patch = label[y:y + side, x:x + side]
             patch[(digit > EDGE) & (digit < INK)] = 0
             patch[digit >= INK] = labels[k] + 2
