@@ -5,7 +5,7 @@ import torch
 from mmengine.registry import DefaultScope
 
 from mmvmamba.models import VMamba
-from mmvmamba.models.utils.layers import LayerNorm2d
+from mmvmamba.models.utils.layers import LayerNorm2d, Linear2d
 
 SMALL = dict(dims=8, depths=(1, 1, 2, 1))
 
@@ -209,3 +209,38 @@ def test_bad_arch_is_named():
         VMamba('huge')
     with pytest.raises(ValueError, match="unknown keys \\['width'\\]"):
         VMamba(dict(dims=8, depths=(1, 1), width=3))
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_linear2d_half_precision_path_matches_the_1x1_convolution(channels_last):
+    # float32 runs a 1x1 conv; bf16 maps (or autocast) run F.linear on the channels-last view
+    torch.manual_seed(0)
+    layer = Linear2d(6, 5)
+    x = torch.randn(2, 6, 7, 3)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.functional.conv2d(x, layer.weight[:, :, None, None], layer.bias)
+    assert torch.allclose(layer(x), ref, atol=1e-6)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
+    out16 = layer.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert ((out16.float() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+def test_layernorm2d_triton_path_output_layout_and_dtype_under_autocast():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 4)
+    ref = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (8, )).permute(0, 3, 1, 2)
+    plain = LayerNorm2d(8, backend='triton')
+    feeding = LayerNorm2d(8, feeds_linear=True, backend='triton')
+    out = plain(x)
+    assert out.is_contiguous() and out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=1e-5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        kept, cast = plain(x), feeding(x)
+    # a residual stream stays float32; a norm feeding a linear layer writes what it would cast to
+    assert kept.dtype == torch.float32 and cast.dtype == torch.bfloat16
+    assert cast.is_contiguous(memory_format=torch.channels_last)
+    assert ((cast.float() - ref).norm() / ref.norm()).item() < 1e-2
