@@ -8,6 +8,18 @@ loop of R rank-1 updates instead of a padded matrix product. The general kernels
 (BLOCK_C, BLOCK_N, BLOCK_L) layout and a (BLOCK_C, 16) x (16, BLOCK_L) product, which at N = 1
 cost ~190 registers per thread (one 8-warp program per SM, too few warps in flight to hide the
 latency of each chunk step).
+
+What else differs, each measured on the H100 (docs/kernels.md):
+
+* Directions 2 and 3 are walked as 0 and 1 backwards: chunks last to first, each scanned with
+  ``reverse=True``, so their loads are contiguous like the forward directions'.
+* On maps of >= 512 positions the column directions (1, 3) read a transposed copy of x and write
+  a transposed output (the caller transposes, and sums y + yt^T); strided column walks cost more
+  than half the time at 56 x 56. The few dt_low / Bs / Cs rows are still read with a stride.
+* The backward solves g_t = C_t dy_t + a_{t+1} g_{t+1} with a 3-tuple combine
+  (:func:`_combine_grad`) instead of shifting the decay by one step, and writes d(delta
+  pre-activation) so that the dt projection's two gradients are batched GEMMs in the caller
+  rather than 2 R reductions per chunk.
 """
 import torch
 import triton
