@@ -8,11 +8,14 @@ normalises over C in float32 and writes the result once, in the requested dtype.
 reads x and dy once, writes dx, and reduces d weight / d bias through per-program partial rows
 summed in a fixed order (deterministic, no atomics).
 """
+from typing import Tuple
+
 import torch
 import triton
 import triton.language as tl
 
 from .checks import check_tensor
+from .compile_ops import opaque_under_compile
 
 __all__ = ['layer_norm_2d_triton', 'layer_norm_2d_torch']
 
@@ -94,19 +97,48 @@ def _in_layout(t):
     return t if _layout_strides(t) is not None else t.contiguous()
 
 
-def _forward(x, weight, bias, eps, out_dtype, channels_last_out):
+def _fake_forward(x, weight, bias, eps, out_dtype, channels_last_out):
+    fmt = torch.channels_last if channels_last_out else torch.contiguous_format
+    return (torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=fmt),
+            x.new_empty((2, x.shape[0], x.shape[2] * x.shape[3]), dtype=torch.float32))
+
+
+@opaque_under_compile('layer_norm_2d_fwd', _fake_forward)
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+             out_dtype: torch.dtype, channels_last_out: bool
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One launch; returns y and the per-position (mean, rstd) the backward needs."""
     batch, channels = x.shape[:2]
     positions = x.shape[2] * x.shape[3]
     block_c, block_p, warps = _tiles(channels)
-    fmt = torch.channels_last if channels_last_out else torch.contiguous_format
-    y = torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=fmt)
-    stats = torch.empty((2, batch, positions), device=x.device, dtype=torch.float32)
+    y, stats = _fake_forward(x, weight, bias, eps, out_dtype, channels_last_out)
     grid = (triton.cdiv(positions, block_p), batch)
     _ln2d_fwd_kernel[grid](x, weight, bias, y, stats[0], stats[1], channels, positions, eps,
                            *_layout_strides(x), *_layout_strides(y), BLOCK_C=block_c,
                            BLOCK_P=block_p, num_warps=warps)
     return y, stats
+
+
+def _fake_backward(x, weight, mean, rstd, dy):
+    n_rows = x.shape[0] * triton.cdiv(x.shape[2] * x.shape[3], _tiles(x.shape[1])[1])
+    partials = x.new_empty((n_rows, x.shape[1]), dtype=torch.float32)
+    return torch.empty_like(x), partials, torch.empty_like(partials)
+
+
+@opaque_under_compile('layer_norm_2d_bwd', _fake_backward)
+def _backward(x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+              dy: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One launch; returns dx (in x's layout) and per-block partial sums of d weight, d bias."""
+    batch, channels = x.shape[:2]
+    positions = x.shape[2] * x.shape[3]
+    block_c, block_p, warps = _tiles(channels)
+    n_blocks = triton.cdiv(positions, block_p)
+    dx, dw, db = _fake_backward(x, weight, mean, rstd, dy)  # empty_like keeps x's layout
+    _ln2d_bwd_kernel[(n_blocks, batch)](x, weight, dy, mean, rstd, dx, dw, db, channels,
+                                        positions, n_blocks, *_layout_strides(x),
+                                        *_layout_strides(dy), BLOCK_C=block_c,
+                                        BLOCK_P=block_p, num_warps=warps)
+    return dx, dw, db
 
 
 class LayerNorm2dFunction(torch.autograd.Function):
@@ -120,18 +152,7 @@ class LayerNorm2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensors
-        batch, channels = x.shape[:2]
-        positions = x.shape[2] * x.shape[3]
-        block_c, block_p, warps = _tiles(channels)
-        n_blocks = triton.cdiv(positions, block_p)
-        dy = _in_layout(dy)
-        dx = torch.empty_like(x)  # x's layout (preserved by empty_like)
-        dw = torch.empty((batch * n_blocks, channels), device=x.device, dtype=torch.float32)
-        db = torch.empty_like(dw)
-        _ln2d_bwd_kernel[(n_blocks, batch)](x, weight, dy, mean, rstd, dx, dw, db, channels,
-                                            positions, n_blocks, *_layout_strides(x),
-                                            *_layout_strides(dy), BLOCK_C=block_c,
-                                            BLOCK_P=block_p, num_warps=warps)
+        dx, dw, db = _backward(x, weight, mean, rstd, _in_layout(dy))
         return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype), None, None, None
 
 

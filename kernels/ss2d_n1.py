@@ -21,10 +21,13 @@ What else differs, each measured on the H100 (docs/kernels.md):
   pre-activation) so that the dt projection's two gradients are batched GEMMs in the caller
   rather than 2 R reductions per chunk.
 """
+from typing import Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
 
+from .compile_ops import opaque_under_compile
 from .ss2d_triton import _combine, _softplus
 
 __all__ = ['ss2d_scan_n1', 'SS2DScanN1Function', 'n1_launch_config']
@@ -269,6 +272,80 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
             dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw))
 
 
+def _fwd_shapes(x, xt, dt_low, dt_weight, cols_t, save, block_l):
+    batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
+    return (x.shape, xt.shape if cols_t else (0, ),
+            (batch, 4, channels, triton.cdiv(length, block_l)) if save else (1, ))
+
+
+def _fake_forward(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
+                  cols_t, save, block_c, block_l, num_warps):
+    return tuple(x.new_empty(shape, dtype=torch.float32)
+                 for shape in _fwd_shapes(x, xt, dt_low, dt_weight, cols_t, save, block_l))
+
+
+@opaque_under_compile('ss2d_n1_fwd', _fake_forward)
+def _launch_forward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.Tensor,
+                    dt_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
+                    Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor], height: int,
+                    width: int, merged: bool, cols_t: bool, save: bool, block_c: int,
+                    block_l: int, num_warps: int
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward launch: returns y, yt (empty unless ``cols_t``) and the chunk start states
+    (a placeholder unless ``save``), all float32."""
+    channels, rank, length = dt_weight.shape[1], dt_weight.shape[2], dt_low.shape[-1]
+    y, yt, states = (torch.empty(shape, device=x.device, dtype=torch.float32)
+                     for shape in _fwd_shapes(x, xt, dt_low, dt_weight, cols_t, save, block_l))
+    _ss2d_fwd_n1_kernel[(triton.cdiv(channels, block_c), x.shape[0])](
+        x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
+        D if D is not None else A, y, yt if cols_t else y, states, channels, height, width,
+        length, rank, triton.cdiv(length, block_l), HAS_D=D is not None, SAVE_STATES=save,
+        MERGED=merged, COLS_T=cols_t, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
+    return y, yt, states
+
+
+def _bwd_shapes(x, xt, dt_low, dt_weight, cols_t, block_c):
+    batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
+    per_channel = (batch, 4 * channels)
+    partials = (batch, 4, triton.cdiv(channels, block_c), length)
+    return (x.shape, xt.shape if cols_t else (0, ), (batch, 4, channels, length), per_channel,
+            per_channel, partials, partials, per_channel)
+
+
+def _fake_backward(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height,
+                   width, merged, cols_t, block_c, block_l, num_warps):
+    return tuple(x.new_empty(shape, dtype=torch.float32)
+                 for shape in _bwd_shapes(x, xt, dt_low, dt_weight, cols_t, block_c))
+
+
+@opaque_under_compile('ss2d_n1_bwd', _fake_backward)
+def _launch_backward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.Tensor,
+                     dt_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
+                     Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor],
+                     states: torch.Tensor, dy: torch.Tensor, dyt: Optional[torch.Tensor],
+                     height: int,
+                     width: int, merged: bool, cols_t: bool, block_c: int, block_l: int,
+                     num_warps: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor, torch.Tensor]:
+    """The backward launch: returns float32 dx, dxt (empty unless ``cols_t``), d(delta
+    pre-activation) in walked order, and per-batch partials of d dt_bias, dA, dB, dC (per channel
+    block, walked order), dD."""
+    batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
+    length, n_chunks = dt_low.shape[-1], states.shape[3]
+    dx, dxt, dpre, dbias, dA, dB, dC, dD = (
+        torch.empty(shape, device=x.device, dtype=torch.float32)
+        for shape in _bwd_shapes(x, xt, dt_low, dt_weight, cols_t, block_c))
+    n_cblocks = dB.shape[2]
+    _ss2d_bwd_n1_kernel[(n_cblocks, batch)](
+        x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
+        D if D is not None else A, states, dy, dyt if cols_t else dy, dx,
+        dxt if cols_t else dx, dpre, dbias, dA, dB, dC, dD, channels, height, width, length,
+        rank, n_chunks, n_cblocks, HAS_D=D is not None, MERGED=merged, COLS_T=cols_t,
+        BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
+    return dx, dxt, dpre, dbias, dA, dB, dC, dD
+
+
 class SS2DScanN1Function(torch.autograd.Function):
     """Forward and backward launches of the d_state = 1 kernels.
 
@@ -276,29 +353,20 @@ class SS2DScanN1Function(torch.autograd.Function):
     With ``cols_t``, ``xt`` is x's transpose (batch, C, W, H), contiguous, which the column
     directions read (they read the small dt_low / Bs / Cs rows with a stride); returns (y, yt)
     float32, the sums of directions 0 + 2 as (batch, C, H, W) and of 1 + 3 as (batch, C, W, H).
-    Without ``cols_t`` the column directions walk x with a stride too (``xt`` is ignored) and y
-    holds all four directions; yt is empty.
+    Without ``cols_t`` the column directions walk x with a stride too (``xt`` is None: dynamo
+    cannot trace the same tensor passed twice) and y holds all four directions; yt is empty.
     merged=False (the benchmark's unfused baseline): ``x`` is the (batch, 4, C, L) cross scan, every
-    input in scan order, ``xt`` ignored; returns (y per direction (batch, 4, C, L), empty).
+    input in scan order, ``xt`` None; returns (y per direction (batch, 4, C, L), empty).
     """
 
     @staticmethod
     def forward(ctx, x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
                 cols_t, cfg, bwd_cfg):
-        batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
-        length = dt_low.shape[-1]
         cols_t = merged and cols_t
-        n_chunks = triton.cdiv(length, cfg['BLOCK_L'])
-        y = torch.empty(x.shape, device=x.device, dtype=torch.float32)
-        yt = torch.empty(xt.shape if cols_t else (0, ), device=x.device, dtype=torch.float32)
         save = any(ctx.needs_input_grad)
-        states = torch.empty((batch, 4, channels, n_chunks) if save else (1, ), device=x.device,
-                             dtype=torch.float32)
-        _ss2d_fwd_n1_kernel[(triton.cdiv(channels, cfg['BLOCK_C']), batch)](
-            x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
-            D if D is not None else A, y, yt if cols_t else y, states, channels, height, width,
-            length, rank, n_chunks, HAS_D=D is not None, SAVE_STATES=save, MERGED=merged,
-            COLS_T=cols_t, **cfg)
+        y, yt, states = _launch_forward(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+                                        width, merged, cols_t, save, cfg['BLOCK_C'],
+                                        cfg['BLOCK_L'], cfg['num_warps'])
         if not cols_t:
             ctx.mark_non_differentiable(yt)
         if save:
@@ -309,30 +377,26 @@ class SS2DScanN1Function(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dyt):
+        # float32 GEMMs below, as in eager, also when a compiled backward is traced under the
+        # forward's autocast (torch._functorch.config.backward_pass_autocast)
+        with torch.autocast(dy.device.type if dy is not None else dyt.device.type,
+                            enabled=False):
+            return SS2DScanN1Function._backward(ctx, dy, dyt)
+
+    @staticmethod
+    def _backward(ctx, dy, dyt):
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states = ctx.saved_tensors
         height, width, merged, cols_t, cfg = ctx.meta
-        batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
-        length, n_chunks = dt_low.shape[-1], states.shape[3]
-        n_cblocks = triton.cdiv(channels, cfg['BLOCK_C'])
-
-        def buf(*shape):
-            return torch.empty(shape, device=x.device, dtype=torch.float32)
-
+        channels = dt_weight.shape[1]
         dy = dy.contiguous() if dy is not None else torch.zeros_like(x, dtype=torch.float32)
-        dx = buf(*x.shape)
         if cols_t:
             xt = x.transpose(2, 3).contiguous()
             dyt = dyt.contiguous() if dyt is not None else torch.zeros_like(xt, dtype=dy.dtype)
-            dxt = buf(*xt.shape)
         else:
-            xt, dyt, dxt = x, dy, dx
-        dpre = buf(batch, 4, channels, length)
-        dbias, dD, dA = (buf(batch, 4 * channels) for _ in range(3))
-        dB, dC = buf(batch, 4, n_cblocks, length), buf(batch, 4, n_cblocks, length)
-        _ss2d_bwd_n1_kernel[(n_cblocks, batch)](
-            x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, states, dy,
-            dyt, dx, dxt, dpre, dbias, dA, dB, dC, dD, channels, height, width, length, rank,
-            n_chunks, n_cblocks, HAS_D=D is not None, MERGED=merged, COLS_T=cols_t, **cfg)
+            xt, dyt = None, None
+        dx, dxt, dpre, dbias, dA, dB, dC, dD = _launch_backward(
+            x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height, width,
+            merged, cols_t, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
         # the rank-R dt projection's gradients are two batched GEMMs on d(pre-activation):
         # d dt_low[b, k] = w[k]^T dpre[b, k]; d w[k] = sum_b dpre[b, k] dt_low[b, k]^T, with
         # dt_low in dpre's order (column-major for the transposed column directions)
@@ -381,7 +445,7 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     if transpose_columns is None:
         transpose_columns = length >= TRANSPOSE_FROM_LENGTH
     if not transpose_columns:
-        return SS2DScanN1Function.apply(x, x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+        return SS2DScanN1Function.apply(x, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                         width, True, False, cfg, bwd_cfg)[0]
     xt = x.transpose(2, 3).contiguous()
     y, yt = SS2DScanN1Function.apply(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,

@@ -29,11 +29,14 @@ The backward reduces over channels (dB, dC, d dt_low) and over the batch (dA, dD
 d dt_weight) through per-program partial buffers summed afterwards in a fixed order, which again
 keeps it deterministic.
 """
+from typing import Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
 
 from .checks import check_contiguous, check_ss2d_inputs
+from .compile_ops import opaque_under_compile
 
 __all__ = ['ss2d_scan_triton', 'ss2d_scan_unfused_triton']
 
@@ -256,6 +259,77 @@ def launch_config(channels, length, d_state, rank, block_c=None, block_l=None, n
                 BLOCK_R=max(16, triton.next_power_of_2(rank)), num_warps=num_warps)
 
 
+def _fwd_shapes(x, dt_weight, A, save, block_l, length):
+    n_chunks = triton.cdiv(length, block_l)
+    return x.shape, ((x.shape[0], 4, dt_weight.shape[1], n_chunks, A.shape[1]) if save else (1, ))
+
+
+def _fake_forward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged, save,
+                  block_c, block_l, num_warps):
+    return tuple(x.new_empty(shape, dtype=torch.float32)
+                 for shape in _fwd_shapes(x, dt_weight, A, save, block_l, height * width))
+
+
+@opaque_under_compile('ss2d_fwd', _fake_forward)
+def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
+                    dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
+                    D: Optional[torch.Tensor], height: int, width: int, merged: bool, save: bool,
+                    block_c: int, block_l: int, num_warps: int
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The forward launch: returns y (float32) and the chunk start states (a placeholder unless
+    ``save``)."""
+    channels, rank = dt_weight.shape[1], dt_weight.shape[2]
+    length, d_state = height * width, A.shape[1]
+    cfg = launch_config(channels, length, d_state, rank, block_c, block_l, num_warps)
+    y, states = (torch.empty(shape, device=x.device, dtype=torch.float32)
+                 for shape in _fwd_shapes(x, dt_weight, A, save, block_l, length))
+    _ss2d_fwd_kernel[(triton.cdiv(channels, block_c), x.shape[0])](
+        x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, y, states,
+        channels, height, width, length, rank, d_state, triton.cdiv(length, block_l),
+        HAS_D=D is not None, SAVE_STATES=save, MERGED=merged, **cfg)
+    return y, states
+
+
+def _bwd_shapes(x, dt_weight, A, block_c, length):
+    batch, channels, rank, d_state = x.shape[0], dt_weight.shape[1], dt_weight.shape[2], A.shape[1]
+    n_cblocks = triton.cdiv(channels, block_c)
+    return (x.shape, (batch, 4, n_cblocks, rank, length), (batch, 4, channels, rank),
+            (batch, 4 * channels), (batch, 4 * channels, d_state),
+            (batch, 4, n_cblocks, d_state, length), (batch, 4, n_cblocks, d_state, length),
+            (batch, 4 * channels))
+
+
+def _fake_backward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width,
+                   merged, block_c, block_l, num_warps):
+    return tuple(x.new_empty(shape, dtype=torch.float32)
+                 for shape in _bwd_shapes(x, dt_weight, A, block_c, height * width))
+
+
+@opaque_under_compile('ss2d_bwd', _fake_backward)
+def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
+                     dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
+                     D: Optional[torch.Tensor], states: torch.Tensor, dy: torch.Tensor,
+                     height: int, width: int, merged: bool, block_c: int, block_l: int,
+                     num_warps: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor, torch.Tensor]:
+    """The backward launch: float32 dx and per-program partials of the other gradients
+    (d dt_low and dB / dC per channel block, the rest per batch)."""
+    channels, rank = dt_weight.shape[1], dt_weight.shape[2]
+    length, d_state = height * width, A.shape[1]
+    cfg = launch_config(channels, length, d_state, rank, block_c, block_l, num_warps)
+    dx, ddtl, dw, dbias, dA, dB, dC, dD = (
+        torch.empty(shape, device=x.device, dtype=torch.float32)
+        for shape in _bwd_shapes(x, dt_weight, A, block_c, length))
+    n_cblocks = ddtl.shape[2]
+    _ss2d_bwd_kernel[(n_cblocks, x.shape[0])](
+        x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, states, dy,
+        dx, ddtl, dw, dbias, dA, dB, dC, dD,
+        channels, height, width, length, rank, d_state, states.shape[3], n_cblocks,
+        HAS_D=D is not None, MERGED=merged, **cfg)
+    return dx, ddtl, dw, dbias, dA, dB, dC, dD
+
+
 class SS2DScanFunction(torch.autograd.Function):
     """Autograd wrapper owning the forward and backward launches of the SS2D core.
 
@@ -266,47 +340,26 @@ class SS2DScanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged, config):
-        batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
-        length, d_state = height * width, A.shape[1]
-        cfg = launch_config(channels, length, d_state, rank, **(config or {}))
-        n_chunks = triton.cdiv(length, cfg['BLOCK_L'])
-        y = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        cfg = launch_config(dt_weight.shape[1], height * width, A.shape[1], dt_weight.shape[2],
+                            **(config or {}))
+        tiles = (cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
         save = any(ctx.needs_input_grad)
-        states = torch.empty((batch, 4, channels, n_chunks, d_state) if save else (1, ),
-                             device=x.device, dtype=torch.float32)
-        _ss2d_fwd_kernel[(triton.cdiv(channels, cfg['BLOCK_C']), batch)](
-            x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, y, states,
-            channels, height, width, length, rank, d_state, n_chunks,
-            HAS_D=D is not None, SAVE_STATES=save, MERGED=merged, **cfg)
+        y, states = _launch_forward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
+                                    merged, save, *tiles)
         if save:
             ctx.save_for_backward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states)
-            ctx.meta = (height, width, merged, cfg)
+            ctx.meta = (height, width, merged, tiles)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states = ctx.saved_tensors
-        height, width, merged, cfg = ctx.meta
-        batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
-        length, d_state, n_chunks = height * width, A.shape[1], states.shape[3]
-        n_cblocks = triton.cdiv(channels, cfg['BLOCK_C'])
-        dy = dy.contiguous()
-
-        def buf(*shape):
-            return torch.empty(shape, device=x.device, dtype=torch.float32)
-
-        dx = buf(*x.shape)
-        ddtl = buf(batch, 4, n_cblocks, rank, length)
-        dw = buf(batch, 4, channels, rank)
-        dbias, dD = buf(batch, 4 * channels), buf(batch, 4 * channels)
-        dA = buf(batch, 4 * channels, d_state)
-        dB, dC = buf(batch, 4, n_cblocks, d_state, length), buf(batch, 4, n_cblocks, d_state,
-                                                               length)
-        _ss2d_bwd_kernel[(n_cblocks, batch)](
-            x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, states, dy,
-            dx, ddtl, dw, dbias, dA, dB, dC, dD,
-            channels, height, width, length, rank, d_state, n_chunks, n_cblocks,
-            HAS_D=D is not None, MERGED=merged, **cfg)
+        height, width, merged, tiles = ctx.meta
+        channels = dt_weight.shape[1]
+        dx, ddtl, dw, dbias, dA, dB, dC, dD = _launch_backward(
+            x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy.contiguous(), height, width,
+            merged, *tiles)
+        # (reductions and casts only: nothing here that autocast would run in half precision)
         return (dx.to(x.dtype), ddtl.sum(2).to(dt_low.dtype), dw.sum(0).to(dt_weight.dtype),
                 dbias.sum(0).view(4, channels).to(dt_bias.dtype), dA.sum(0).to(A.dtype),
                 dB.sum(2).to(Bs.dtype), dC.sum(2).to(Cs.dtype),
@@ -342,7 +395,7 @@ def ss2d_scan_unfused_triton(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, heigh
     if A.shape[1] == 1:
         from .ss2d_n1 import SS2DScanN1Function, n1_launch_config
         cfg, bwd_cfg = n1_launch_config(height * width, **(config or {}))
-        return SS2DScanN1Function.apply(xs, xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+        return SS2DScanN1Function.apply(xs, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                         width, False, False, cfg, bwd_cfg)[0]
     return SS2DScanFunction.apply(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
                                   False, config)

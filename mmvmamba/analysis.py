@@ -65,32 +65,67 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _graphed_step(model, x, autocast, train):
+    """One step of ``model`` on ``x`` replayed from CUDA graphs: the whole forward (inference), or
+    the forward and backward through ``torch.cuda.make_graphed_callables`` (training; the loss,
+    its gradient and the optimizer stay eager). Capturing warms the kernels up first, so Triton
+    compiles outside the graph."""
+    if not train:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad(), autocast():
+            for _ in range(3):
+                model(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad(), autocast():
+            model(x)
+        return graph.replay
+    with autocast(cache_enabled=False):
+        graphed = torch.cuda.make_graphed_callables(model, (x, ), num_warmup_iters=3)
+    model.zero_grad(set_to_none=True)
+    return graphed
+
+
 def measure_throughput(model, batch, shape=(224, 224), device='cpu', amp=None, train=False,
-                       optimizer=None, warmup=3, repeats=10, progress=None):
+                       optimizer=None, warmup=3, repeats=10, progress=None, cuda_graph=False):
     """Images per second (median over ``repeats`` timed steps after ``warmup``) and peak memory
     (bytes, CUDA only) of inference, or of training steps (forward + backward, plus the
-    optimizer step when ``optimizer`` is given). ``amp``: None, 'fp16' or 'bf16' autocast."""
+    optimizer step when ``optimizer`` is given). ``amp``: None, 'fp16' or 'bf16' autocast.
+    ``cuda_graph``: replay the model from CUDA graphs (see :func:`_graphed_step`): no per-kernel
+    launch cost on the CPU, for steps that are launch-bound."""
     device = torch.device(device)
     model = model.to(device).train(train)
     x = torch.randn(batch, 3, *shape, device=device)
     dtype = {None: None, 'fp16': torch.float16, 'bf16': torch.bfloat16}[amp]
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    if cuda_graph and device.type != 'cuda':
+        raise ValueError(f'cuda_graph=True needs a CUDA device, got {device}')
+
+    def autocast(**kwargs):
+        return (torch.autocast(device.type, dtype=dtype, **kwargs) if dtype else
+                contextlib.nullcontext())
+
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    forward = model
+    if cuda_graph:
+        forward = _graphed_step(model, x, autocast, train)
 
     def step():
         if not train:
+            if cuda_graph:
+                forward()
+                return
             with torch.no_grad(), autocast():
-                model(x)
+                forward(x)
             return
         with autocast():
-            loss = model(x).float().mean()
+            loss = forward(x).float().mean()
         loss.backward()
         if optimizer is not None:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True) if optimizer else model.zero_grad(set_to_none=True)
 
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(warmup + repeats):
         _sync(device)

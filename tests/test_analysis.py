@@ -67,6 +67,6 @@ def test_benchmark_runs_on_cpu():
     import benchmark
     rows = benchmark.main([DIGITS, '--batch', '2', '--shape', '32', '32', '--device', 'cpu',
                            '--warmup', '1', '--repeats', '2', '--amp', 'none', 'bf16'])
-    assert [(r[0], r[1]) for r in rows] == [(m, a) for m in benchmark.MODES
-                                            for a in ('none', 'bf16')]
-    assert all(r[2] > 0 for r in rows)
+    assert [r[:3] for r in rows] == [(m, a, 'eager') for m in benchmark.MODES
+                                     for a in ('none', 'bf16')]
+    assert all(r[3] > 0 for r in rows)

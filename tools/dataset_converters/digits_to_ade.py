@@ -7,6 +7,7 @@ digit, neither clearly ink nor background), value 1 is 'background', value d + 2
 ``reduce_zero_label=True`` mmseg maps them to 255 (ignored), 0 and d + 1.
 
     python tools/dataset_converters/digits_to_ade.py OUT [--train 300] [--val 60] [--size 96]
+        [--digit-side 0.2 0.333]
 
 Writes OUT/images/{training,validation}/*.png and OUT/annotations/{training,validation}/*.png.
 """
@@ -18,9 +19,9 @@ import cv2
 import numpy as np
 
 try:  # imported as tools' dataset_converters package (tests) or run as a script
-    from .digits_to_coco import _place
+    from .digits_to_coco import pick_digit
 except ImportError:
-    from digits_to_coco import _place
+    from digits_to_coco import pick_digit
 
 CLASSES = ('background', ) + tuple(str(i) for i in range(10))
 PALETTE = [[0, 0, 0]] + [[int(c) for c in cv2.applyColorMap(np.uint8([[25 * i + 20]]),
@@ -29,7 +30,7 @@ PALETTE = [[0, 0, 0]] + [[int(c) for c in cv2.applyColorMap(np.uint8([[25 * i + 
 INK, EDGE = 100, 30  # pixel values: >= INK is the digit, (EDGE, INK) is ignored
 
 
-def make_split(images, labels, num_images, size, rng, out_dir, split):
+def make_split(images, labels, num_images, size, rng, out_dir, split, sides):
     img_dir = osp.join(out_dir, 'images', split)
     ann_dir = osp.join(out_dir, 'annotations', split)
     os.makedirs(img_dir, exist_ok=True)
@@ -39,15 +40,12 @@ def make_split(images, labels, num_images, size, rng, out_dir, split):
         label = np.ones((size, size), np.uint8)  # 1 = background
         occupied = np.zeros((size, size), bool)
         for _ in range(rng.randint(1, 5)):
-            k = rng.randint(len(images))
-            side = rng.randint(size // 5, size // 3 + 1)
-            digit = cv2.resize((images[k] * 255 / 16).astype(np.uint8), (side, side),
-                               interpolation=cv2.INTER_CUBIC)
             # digits never overlap: an overlap shows two digits' ink under one digit's label
-            spot = _place(occupied, side, side, rng)
-            if spot is None:
+            picked = pick_digit(images, occupied, sides, rng)
+            if picked is None:
                 continue
-            y, x = spot
+            k, digit, y, x = picked
+            side = digit.shape[0]
             occupied[y:y + side, x:x + side] = True
             patch = label[y:y + side, x:x + side]
             patch[(digit > EDGE) & (digit < INK)] = 0
@@ -57,7 +55,13 @@ def make_split(images, labels, num_images, size, rng, out_dir, split):
         cv2.imwrite(osp.join(ann_dir, f'{idx:05d}.png'), label)
 
 
-def write_digits_ade(out_dir, num_train=300, num_val=60, size=96, seed=0):
+def write_digits_ade(out_dir, num_train=300, num_val=60, size=96, seed=0,
+                     digit_side=(1 / 5, 1 / 3)):
+    """``digit_side``: the range of a digit's side as fractions of the canvas side."""
+    lo, hi = digit_side
+    if not 0 < lo <= hi <= 0.5:
+        raise ValueError(f'digit_side must be fractions 0 < lo <= hi <= 0.5, got {digit_side}')
+    sides = (max(8, int(size * lo)), max(8, int(size * hi)))
     from sklearn.datasets import load_digits
     digits = load_digits()
     rng = np.random.RandomState(seed)
@@ -65,7 +69,7 @@ def write_digits_ade(out_dir, num_train=300, num_val=60, size=96, seed=0):
     cut = int(len(order) * 0.8)  # disjoint digit images for training and validation
     for split, idx, num in (('training', order[:cut], num_train),
                             ('validation', order[cut:], num_val)):
-        make_split(digits.images[idx], digits.target[idx], num, size, rng, out_dir, split)
+        make_split(digits.images[idx], digits.target[idx], num, size, rng, out_dir, split, sides)
     return dict(training=num_train, validation=num_val)
 
 
@@ -76,10 +80,13 @@ def main():
     parser.add_argument('--train', type=int, default=300)
     parser.add_argument('--val', type=int, default=60)
     parser.add_argument('--size', type=int, default=96)
+    parser.add_argument('--digit-side', type=float, nargs=2, default=(1 / 5, 1 / 3),
+                        metavar=('LO', 'HI'), help='digit side range, fractions of --size')
     args = parser.parse_args()
     if args.size < 32:
         parser.error(f'--size must be at least 32, got {args.size}')
-    print(write_digits_ade(args.out_dir, args.train, args.val, args.size))
+    print(write_digits_ade(args.out_dir, args.train, args.val, args.size,
+                           digit_side=tuple(args.digit_side)))
 
 
 if __name__ == '__main__':

@@ -26,6 +26,19 @@ def _place(canvas_mask, h, w, rng, tries=50):
     return None
 
 
+def pick_digit(images, occupied, sides, rng):
+    """Draw a digit image and a side length in ``sides`` (inclusive range), upscale the digit to
+    0-255 and find it a free spot on ``occupied`` (not marked). Returns (index, digit, y, x) or
+    None when no spot was found. Both dataset converters use it, so their random draws come in
+    the same order."""
+    k = rng.randint(len(images))
+    side = rng.randint(sides[0], sides[1] + 1)
+    digit = cv2.resize((images[k] * 255 / 16).astype(np.uint8), (side, side),
+                       interpolation=cv2.INTER_CUBIC)
+    spot = _place(occupied, side, side, rng)
+    return None if spot is None else (k, digit) + spot
+
+
 def make_split(images, labels, num_images, size, rng, out_dir, split, start_id):
     os.makedirs(osp.join(out_dir, split), exist_ok=True)
     coco = dict(images=[], annotations=[],
@@ -35,14 +48,11 @@ def make_split(images, labels, num_images, size, rng, out_dir, split, start_id):
         canvas = np.zeros((size, size), np.uint8)
         occupied = np.zeros((size, size), bool)
         for _ in range(rng.randint(1, 4)):
-            k = rng.randint(len(images))
-            side = rng.randint(size // 5, size // 3 + 1)
-            digit = cv2.resize((images[k] * 255 / 16).astype(np.uint8), (side, side),
-                               interpolation=cv2.INTER_CUBIC)
-            spot = _place(occupied, side, side, rng)
-            if spot is None:
+            picked = pick_digit(images, occupied, (size // 5, size // 3), rng)
+            if picked is None:
                 continue
-            y, x = spot
+            k, digit, y, x = picked
+            side = digit.shape[0]
             mask = np.zeros((size, size), np.uint8)
             mask[y:y + side, x:x + side] = digit > 80
             if mask.sum() < 8:

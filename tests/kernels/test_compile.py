@@ -1,0 +1,94 @@
+"""torch.compile over the Triton paths (interpreter on CPU): whole graphs, no break, and the
+compiled forward and every gradient equal to eager and to the float64 reference."""
+import pytest
+import torch
+
+import vmamba_kernels as vk
+from vmamba_kernels.layernorm2d import layer_norm_2d_triton
+
+from .test_ss2d_scan import PARAMS, forward_and_grads, make_inputs, rel_err
+from .naive import naive_ss2d
+
+
+def scan_then_nonlinearity(**kw):
+    # an elementwise op after the scan gives inductor something to fuse next to the custom op
+    return torch.tanh(vk.ss2d_scan(**kw, backend='triton')) * 1.5
+
+
+def reference(**kw):
+    return torch.tanh(naive_ss2d(**kw)) * 1.5
+
+
+# (batch, channels, H, W, rank, d_state): d_state 1 with strided column walks (small map) and
+# with the transposed column directions (>= 512 positions), and the general kernels (d_state 4).
+# inductor (what users get) costs ~20 s of C++ compilation a case here: once per d_state 1 walk;
+# aot_eager (dynamo + AOTAutograd, no code generation) for every case.
+CASES = [(shape, 'aot_eager') for shape in [(2, 5, 3, 7, 3, 1), (1, 3, 23, 24, 2, 1),
+                                            (2, 6, 5, 3, 2, 4)]]
+CASES += [((2, 5, 3, 7, 3, 1), 'inductor'), ((1, 3, 23, 24, 2, 1), 'inductor')]
+
+
+@pytest.mark.parametrize('shape,backend', CASES)
+def test_compiled_scan_matches_eager_and_reference(shape, backend):
+    torch._dynamo.reset()
+    inputs = make_inputs(*shape)
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    compiled = torch.compile(scan_then_nonlinearity, backend=backend, fullgraph=True)
+    y, g = forward_and_grads(compiled, inputs, grad_out)
+    y_eager, g_eager = forward_and_grads(scan_then_nonlinearity, inputs, grad_out)
+    y_ref, g_ref = forward_and_grads(reference, {k: v.double() for k, v in inputs.items()},
+                                     grad_out)
+    assert rel_err(y, y_eager) <= 1e-5 and rel_err(y, y_ref) <= 1e-5
+    for name in PARAMS:
+        assert rel_err(g[name], g_eager[name]) <= 1e-5, (name, rel_err(g[name], g_eager[name]))
+        assert rel_err(g[name], g_ref[name]) <= 1e-5, (name, rel_err(g[name], g_ref[name]))
+
+
+@pytest.mark.parametrize('channels_last_out', [False, True])
+def test_compiled_layer_norm_matches_eager(channels_last_out):
+    torch._dynamo.reset()
+    x = torch.randn(2, 7, 5, 6) * 2 + 1
+    weight, bias = torch.randn(7) * 0.5 + 1, torch.randn(7) * 0.1
+    grad_out = torch.randn(x.shape)
+
+    def norm_then_scale(x, weight, bias):
+        return layer_norm_2d_triton(x, weight, bias, 1e-5, None, channels_last_out) * 3.0
+
+    results = []
+    for fn in (norm_then_scale, torch.compile(norm_then_scale, backend='aot_eager',
+                                              fullgraph=True)):
+        leaves = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+        y = fn(*leaves)
+        results.append((y.detach(), *torch.autograd.grad(y, leaves, grad_out)))
+    (y_eager, *g_eager), (y, *g) = results
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last_out
+    assert rel_err(y, y_eager) <= 1e-6
+    for name, a, b in zip(('x', 'weight', 'bias'), g, g_eager):
+        assert rel_err(a, b) <= 1e-6, name
+
+
+def test_compiled_backward_ignores_autocast_like_eager(monkeypatch):
+    # Eager autograd runs a backward outside any autocast region; compiled backwards were traced
+    # under the forward's autocast up to torch 2.11 (torch._functorch.config
+    # .backward_pass_autocast = 'same_as_forward', the default there: on the H100 it left the
+    # d_state 1 backward's GEMMs in float16, where small dt-projection gradients underflowed to
+    # zero). Our backwards switch autocast off themselves, so both settings must match eager.
+    import torch._functorch.config as functorch_config
+    monkeypatch.setattr(functorch_config, 'backward_pass_autocast', 'same_as_forward')
+    torch._dynamo.reset()
+    inputs = make_inputs(2, 5, 3, 7, 3, 1)
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64) * 1e-3
+
+    def under_autocast(fn):
+        def call(**kw):
+            with torch.autocast('cpu', dtype=torch.bfloat16):  # outside the compiled region
+                return fn(**kw)
+        return call
+
+    compiled = torch.compile(scan_then_nonlinearity, backend='aot_eager', fullgraph=True)
+    y, g = forward_and_grads(under_autocast(compiled), inputs, grad_out)
+    y_eager, g_eager = forward_and_grads(under_autocast(scan_then_nonlinearity), inputs,
+                                         grad_out)
+    assert rel_err(y, y_eager) <= 1e-5
+    for name in PARAMS:
+        assert rel_err(g[name], g_eager[name]) <= 1e-5, (name, rel_err(g[name], g_eager[name]))
