@@ -79,3 +79,34 @@ def test_small_config_trains_and_evaluates_with_iou_metric(tmp_path):
     assert len(drawn) == 3
     tta = test_tool.main([DIGITS, str(ckpt), '--tta'] + opts)
     assert 0 <= tta['mIoU'] <= 100
+
+
+@pytest.mark.parametrize('fill', [0.0, 0.1])
+def test_digit_labels_cover_the_ink_grown_by_fill(fill):
+    import cv2
+    import numpy as np
+    from dataset_converters.digits_to_ade import EDGE, INK, label_digit
+    rng = np.random.RandomState(3)
+    digit = (rng.rand(30, 30) * 255).astype(np.uint8)
+    digit[:, :4] = 0  # a blank margin, as the upscaled 8x8 digits have
+    label = np.ones((60, 60), np.uint8)
+    label[0, 0] = 5  # another digit's pixel, far from this one: kept
+    label_digit(label, digit, 10, 20, 7, fill)
+    box = label[10:40, 20:50]
+    assert (box[digit >= INK] == 7).all() and label[0, 0] == 5
+    if fill == 0:
+        assert (box[(digit > EDGE) & (digit < INK)] == 0).all()
+        assert (label == 7).sum() == (digit >= INK).sum()
+    else:  # the ink grown by round(0.1 * 30) = 3 pixels, then a one-pixel ignored ring
+        ink = np.zeros((60, 60), np.uint8)
+        ink[10:40, 20:50] = digit >= INK
+        grown = cv2.dilate(ink, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))) > 0
+        assert ((label == 7) == grown).all()
+        assert (label[0:60, 10:18] == 1).all()  # background beyond the ring
+        assert (label == 0).any()
+
+
+def test_converter_rejects_bad_fill(tmp_path):
+    from dataset_converters.digits_to_ade import write_digits_ade
+    with pytest.raises(ValueError, match='fill'):
+        write_digits_ade(str(tmp_path), num_train=1, num_val=1, size=64, fill=0.7)

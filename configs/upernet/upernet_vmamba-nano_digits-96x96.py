@@ -10,7 +10,9 @@ pretrained = 'work_dirs/digits_demo/epoch_16.pth'
 
 classes = ('background', ) + tuple(str(i) for i in range(10))
 crop_size = (96, 96)
-data_preprocessor = dict(type='SegDataPreProcessor', mean=[0.0] * 3, std=[255.0] * 3,
+# the digits classifier's normalisation (configs/vmamba/vmamba-nano_1xb32_digits.py): the
+# pretrained backbone sees inputs in the range it was trained on
+data_preprocessor = dict(type='SegDataPreProcessor', mean=[127.5] * 3, std=[127.5] * 3,
                          bgr_to_rgb=True, pad_val=0, seg_pad_val=255, size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
@@ -64,7 +66,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
-max_iters = 800
+max_iters = 1600
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=400)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
@@ -80,6 +82,6 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=400, max_keep_ckpts=2),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=800, max_keep_ckpts=2),
     visualization=dict(type='SegVisualizationHook'))
 randomness = dict(seed=0)
