@@ -244,3 +244,33 @@ def test_layernorm2d_triton_path_output_layout_and_dtype_under_autocast():
     assert kept.dtype == torch.float32 and cast.dtype == torch.bfloat16
     assert cast.is_contiguous(memory_format=torch.channels_last)
     assert ((cast.float() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+def test_compiled_backbone_matches_eager_and_survives_a_deep_copy():
+    import copy
+    torch.manual_seed(0)
+    arch = dict(dims=16, depths=(1, 1, 1, 1))
+    eager = VMamba(arch, out_indices=(0, 3), drop_path_rate=0.0)
+    compiled = VMamba(arch, out_indices=(0, 3), drop_path_rate=0.0,
+                      compile=dict(backend='aot_eager'))
+    compiled.load_state_dict(eager.state_dict())
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    x = torch.randn(2, 3, 40, 36)
+    outs = []
+    for model in (eager, compiled):
+        model.zero_grad()
+        feats = model(x)
+        sum(f.square().mean() for f in feats).backward()
+        outs.append((feats, [p.grad.clone() for p in model.parameters()]))
+    (f_e, g_e), (f_c, g_c) = outs
+    for a, b in zip(f_e, f_c):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_e, g_c):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    twin = copy.deepcopy(compiled)  # what mmengine's EMA hook does
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+        assert not torch.allclose(twin(x)[1], compiled(x)[1])
+    with pytest.raises(TypeError, match='compile'):
+        VMamba(arch, compile='yes')

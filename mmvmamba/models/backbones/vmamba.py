@@ -54,6 +54,11 @@ class VMamba(BaseModule):
         scan_backend (str, optional): 'auto' | 'triton' | 'torch' for the selective scan and
             the channel-first LayerNorms (None: ``$VMAMBA_SCAN_BACKEND`` or auto: Triton on
             CUDA, torch on CPU).
+        compile (bool | dict): run the forward (and so the backward) through
+            ``torch.compile``, compiled at the first call of each model instance; a dict gives
+            its keyword arguments, e.g. ``dict(mode='max-autotune-no-cudagraphs')``. The Triton
+            kernels stay as they are and inductor fuses the ops around them: VMamba-T training
+            on the H100 +16-24% (README, model zoo). Default: False.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH,
             prefix='backbone.')``; loads our checkpoints and the authors' released files
             (strict about shapes, missing/unexpected keys reported). Default: None.
@@ -73,8 +78,12 @@ class VMamba(BaseModule):
 
     def __init__(self, arch='tiny', in_channels=3, out_indices=(3, ), norm_outputs=True,
                  frozen_stages=-1, drop_path_rate=None, with_cp=False, scan_backend=None,
-                 init_cfg=None):
+                 compile=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError('compile must be a bool or a dict of torch.compile arguments, got '
+                            f'{compile!r}')
+        self.compile_cfg = (dict(compile) if isinstance(compile, dict) else {}) if compile else None
         cfg = self._arch_config(arch)
         dims = cfg['dims']
         dims = [dims * 2**i for i in range(len(cfg['depths']))] if isinstance(dims, int) else list(
@@ -188,6 +197,11 @@ class VMamba(BaseModule):
         if x.dim() != 4:
             raise ValueError(f'VMamba expects (batch, channels, H, W) input, got shape '
                              f'{tuple(x.shape)}')
+        if self.compile_cfg is None:
+            return self._forward(x)
+        return _compiled_forward(self.compile_cfg)(self, x)
+
+    def _forward(self, x):
         m = self.stem_multiple
         if m > 1 and (x.shape[2] % m or x.shape[3] % m):
             x = F.pad(x, (0, -x.shape[3] % m, 0, -x.shape[2] % m))
@@ -204,3 +218,16 @@ class VMamba(BaseModule):
                 break
             x = layer.downsample(x)
         return tuple(outs)
+
+
+_COMPILED = {}
+
+
+def _compiled_forward(cfg):
+    """``torch.compile(VMamba._forward, **cfg)``, one per distinct ``cfg``. The unbound function
+    is compiled, not a bound method kept on the module: a deep copy of the model (mmengine's EMA)
+    must not call back into the original; dynamo guards on ``self`` and compiles per instance."""
+    key = repr(sorted(cfg.items()))
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(VMamba._forward, **cfg)
+    return _COMPILED[key]
