@@ -87,6 +87,27 @@ def _direction_inputs(dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, 
 
 
 @triton.jit
+def _chunk_step(x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch,
+                K: tl.constexpr, H, W, L, R, MERGED: tl.constexpr, COLS_T: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """What the forward and the backward both compute for chunk ``ch`` of direction K: the step
+    indices and masks, the offsets in the map walked (s) and in the row-major dt_low / Bs / Cs
+    rows (sp), u, delta's pre-activation, delta, the B and C rows and the decay (1 past L)."""
+    t = ch * BLOCK_L + lt
+    tm = t < L
+    m2 = cm[:, None] & tm[None, :]
+    s = _scan_index(t, K, H, W, MERGED and not COLS_T)  # in the map read / written
+    sp = _scan_index(t, K, H, W, MERGED)  # in the row-major dt_low, Bs, Cs
+    u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R, BLOCK_C,
+                       BLOCK_L)
+    bv = tl.load(bs_base + sp, mask=tm, other=0.).to(tl.float32)
+    cv = tl.load(cs_base + sp, mask=tm, other=0.).to(tl.float32)
+    delta = _softplus(pre)
+    decay = tl.where(tm[None, :], tl.exp(delta * A[:, None]), 1.0)
+    return tm, m2, s, u, pre, bv, cv, delta, decay
+
+
+@triton.jit
 def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
                    yt_ptr, hs_ptr, b, c, cm, lt, CH, H, W, L, R, NCH,
                    K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr,
@@ -103,17 +124,9 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
     h = tl.zeros((BLOCK_C, ), tl.float32)
     for i in range(NCH):
         ch = (NCH - 1 - i) if REV else i
-        t = ch * BLOCK_L + lt
-        tm = t < L
-        m2 = cm[:, None] & tm[None, :]
-        s = _scan_index(t, K, H, W, MERGED and not COLS_T)  # in the map read / written
-        sp = _scan_index(t, K, H, W, MERGED)  # in the row-major dt_low, Bs, Cs
-        u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R, BLOCK_C,
-                           BLOCK_L)
-        bv = tl.load(bs_base + sp, mask=tm, other=0.).to(tl.float32)
-        cv = tl.load(cs_base + sp, mask=tm, other=0.).to(tl.float32)
-        delta = _softplus(pre)
-        decay = tl.where(tm[None, :], tl.exp(delta * A[:, None]), 1.0)
+        tm, m2, s, u, pre, bv, cv, delta, decay = _chunk_step(
+            x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch, K, H, W, L, R,
+            MERGED, COLS_T, BLOCK_C, BLOCK_L)
         inp = delta * u * bv[None, :]
         if SAVE_STATES:
             tl.store(hs_base + ch, h, mask=cm)
@@ -176,18 +189,10 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
     dbias_acc = tl.zeros((BLOCK_C, ), tl.float32)
     for i in range(NCH):
         ch = i if REV else NCH - 1 - i
-        t = ch * BLOCK_L + lt
-        tm = t < L
-        m2 = cm[:, None] & tm[None, :]
-        s = _scan_index(t, K, H, W, MERGED and not COLS_T)  # in the map read / written
-        sp = _scan_index(t, K, H, W, MERGED)  # in the row-major dt_low, Bs, Cs
-        u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R, BLOCK_C,
-                           BLOCK_L)
-        bv = tl.load(bs_base + sp, mask=tm, other=0.).to(tl.float32)
-        cv = tl.load(cs_base + sp, mask=tm, other=0.).to(tl.float32)
+        tm, m2, s, u, pre, bv, cv, delta, decay = _chunk_step(
+            x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch, K, H, W, L, R,
+            MERGED, COLS_T, BLOCK_C, BLOCK_L)
         dy = tl.load(dy_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
-        delta = _softplus(pre)
-        decay = tl.where(tm[None, :], tl.exp(delta * A[:, None]), 1.0)
         du_in = delta * u
         inp = du_in * bv[None, :]
         h0 = tl.load(hs_base + ch, mask=cm, other=0.)
