@@ -267,6 +267,12 @@ def test_compiled_backbone_matches_eager_and_survives_a_deep_copy():
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     for a, b in zip(g_e, g_c):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    # other input sizes (detection, segmentation) recompile and stay equal; with gradients on,
+    # as in training (inference on CPU unrolls the scan's step loop: slow to compile)
+    for size in [(17, 41)]:
+        y = torch.randn(1, 3, *size)
+        for a, b in zip(eager(y), compiled(y)):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     twin = copy.deepcopy(compiled)  # what mmengine's EMA hook does
     with torch.no_grad():
         for p in twin.parameters():
