@@ -3,6 +3,7 @@ import os.path as osp
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -70,3 +71,12 @@ def test_benchmark_runs_on_cpu():
     assert [r[:3] for r in rows] == [(m, a, 'eager') for m in benchmark.MODES
                                      for a in ('none', 'bf16')]
     assert all(r[3] > 0 for r in rows)
+
+
+def test_cuda_graph_launch_needs_a_gpu():
+    import benchmark
+    from mmvmamba.analysis import measure_throughput
+    with pytest.raises(ValueError, match='cuda_graph=True needs a CUDA device'):
+        measure_throughput(torch.nn.Conv2d(3, 4, 3), 2, (8, 8), 'cpu', cuda_graph=True)
+    with pytest.raises(SystemExit):
+        benchmark.main([DIGITS, '--device', 'cpu', '--launch', 'graph'])
