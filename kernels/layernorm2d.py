@@ -97,13 +97,14 @@ def _in_layout(t):
     return t if _layout_strides(t) is not None else t.contiguous()
 
 
-def _fake_forward(x, weight, bias, eps, out_dtype, channels_last_out):
+def _forward_outputs(x, weight, bias, eps, out_dtype, channels_last_out):
+    """Empty y (in the requested dtype and layout) and stats (also the fake implementation)."""
     fmt = torch.channels_last if channels_last_out else torch.contiguous_format
     return (torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=fmt),
             x.new_empty((2, x.shape[0], x.shape[2] * x.shape[3]), dtype=torch.float32))
 
 
-@opaque_under_compile('layer_norm_2d_fwd', _fake_forward)
+@opaque_under_compile('layer_norm_2d_fwd', _forward_outputs)
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
              out_dtype: torch.dtype, channels_last_out: bool
              ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +112,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: flo
     batch, channels = x.shape[:2]
     positions = x.shape[2] * x.shape[3]
     block_c, block_p, warps = _tiles(channels)
-    y, stats = _fake_forward(x, weight, bias, eps, out_dtype, channels_last_out)
+    y, stats = _forward_outputs(x, weight, bias, eps, out_dtype, channels_last_out)
     grid = (triton.cdiv(positions, block_p), batch)
     _ln2d_fwd_kernel[grid](x, weight, bias, y, stats[0], stats[1], channels, positions, eps,
                            *_layout_strides(x), *_layout_strides(y), BLOCK_C=block_c,
@@ -119,13 +120,15 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: flo
     return y, stats
 
 
-def _fake_backward(x, weight, mean, rstd, dy):
+def _backward_outputs(x, weight, mean, rstd, dy):
+    """Empty dx (x's layout) and the d weight / d bias partial rows (also the fake
+    implementation)."""
     n_rows = x.shape[0] * triton.cdiv(x.shape[2] * x.shape[3], _tiles(x.shape[1])[1])
     partials = x.new_empty((n_rows, x.shape[1]), dtype=torch.float32)
     return torch.empty_like(x), partials, torch.empty_like(partials)
 
 
-@opaque_under_compile('layer_norm_2d_bwd', _fake_backward)
+@opaque_under_compile('layer_norm_2d_bwd', _backward_outputs)
 def _backward(x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
               dy: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One launch; returns dx (in x's layout) and per-block partial sums of d weight, d bias."""
@@ -133,7 +136,7 @@ def _backward(x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: t
     positions = x.shape[2] * x.shape[3]
     block_c, block_p, warps = _tiles(channels)
     n_blocks = triton.cdiv(positions, block_p)
-    dx, dw, db = _fake_backward(x, weight, mean, rstd, dy)  # empty_like keeps x's layout
+    dx, dw, db = _backward_outputs(x, weight, mean, rstd, dy)
     _ln2d_bwd_kernel[(n_blocks, batch)](x, weight, dy, mean, rstd, dx, dw, db, channels,
                                         positions, n_blocks, *_layout_strides(x),
                                         *_layout_strides(dy), BLOCK_C=block_c,

@@ -277,19 +277,16 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
             dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw))
 
 
-def _fwd_shapes(x, xt, dt_low, dt_weight, cols_t, save, block_l):
+def _forward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
+                     cols_t, save, block_c, block_l, num_warps):
+    """Empty float32 y, yt, states of the forward launch (also its fake implementation)."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
-    return (x.shape, xt.shape if cols_t else (0, ),
-            (batch, 4, channels, triton.cdiv(length, block_l)) if save else (1, ))
+    shapes = (x.shape, xt.shape if cols_t else (0, ),
+              (batch, 4, channels, triton.cdiv(length, block_l)) if save else (1, ))
+    return tuple(x.new_empty(shape, dtype=torch.float32) for shape in shapes)
 
 
-def _fake_forward(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
-                  cols_t, save, block_c, block_l, num_warps):
-    return tuple(x.new_empty(shape, dtype=torch.float32)
-                 for shape in _fwd_shapes(x, xt, dt_low, dt_weight, cols_t, save, block_l))
-
-
-@opaque_under_compile('ss2d_n1_fwd', _fake_forward)
+@opaque_under_compile('ss2d_n1_fwd', _forward_outputs)
 def _launch_forward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.Tensor,
                     dt_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
                     Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor], height: int,
@@ -299,8 +296,8 @@ def _launch_forward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.T
     """The forward launch: returns y, yt (empty unless ``cols_t``) and the chunk start states
     (a placeholder unless ``save``), all float32."""
     channels, rank, length = dt_weight.shape[1], dt_weight.shape[2], dt_low.shape[-1]
-    y, yt, states = (torch.empty(shape, device=x.device, dtype=torch.float32)
-                     for shape in _fwd_shapes(x, xt, dt_low, dt_weight, cols_t, save, block_l))
+    y, yt, states = _forward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+                                     width, merged, cols_t, save, block_c, block_l, num_warps)
     _ss2d_fwd_n1_kernel[(triton.cdiv(channels, block_c), x.shape[0])](
         x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
         D if D is not None else A, y, yt if cols_t else y, states, channels, height, width,
@@ -309,38 +306,35 @@ def _launch_forward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.T
     return y, yt, states
 
 
-def _bwd_shapes(x, xt, dt_low, dt_weight, cols_t, block_c):
+def _backward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height,
+                      width, merged, cols_t, block_c, block_l, num_warps):
+    """Empty float32 dx, dxt, dpre, dbias, dA, dB, dC, dD of the backward launch (also its fake
+    implementation)."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
     per_channel = (batch, 4 * channels)
     partials = (batch, 4, triton.cdiv(channels, block_c), length)
-    return (x.shape, xt.shape if cols_t else (0, ), (batch, 4, channels, length), per_channel,
-            per_channel, partials, partials, per_channel)
+    shapes = (x.shape, xt.shape if cols_t else (0, ), (batch, 4, channels, length), per_channel,
+              per_channel, partials, partials, per_channel)
+    return tuple(x.new_empty(shape, dtype=torch.float32) for shape in shapes)
 
 
-def _fake_backward(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height,
-                   width, merged, cols_t, block_c, block_l, num_warps):
-    return tuple(x.new_empty(shape, dtype=torch.float32)
-                 for shape in _bwd_shapes(x, xt, dt_low, dt_weight, cols_t, block_c))
-
-
-@opaque_under_compile('ss2d_n1_bwd', _fake_backward)
+@opaque_under_compile('ss2d_n1_bwd', _backward_outputs)
 def _launch_backward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.Tensor,
                      dt_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
                      Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor],
                      states: torch.Tensor, dy: torch.Tensor, dyt: Optional[torch.Tensor],
-                     height: int,
-                     width: int, merged: bool, cols_t: bool, block_c: int, block_l: int,
-                     num_warps: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                              torch.Tensor, torch.Tensor, torch.Tensor,
-                                              torch.Tensor, torch.Tensor]:
+                     height: int, width: int, merged: bool, cols_t: bool, block_c: int,
+                     block_l: int, num_warps: int
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward launch: returns float32 dx, dxt (empty unless ``cols_t``), d(delta
     pre-activation) in walked order, and per-batch partials of d dt_bias, dA, dB, dC (per channel
     block, walked order), dD."""
     batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
     length, n_chunks = dt_low.shape[-1], states.shape[3]
-    dx, dxt, dpre, dbias, dA, dB, dC, dD = (
-        torch.empty(shape, device=x.device, dtype=torch.float32)
-        for shape in _bwd_shapes(x, xt, dt_low, dt_weight, cols_t, block_c))
+    dx, dxt, dpre, dbias, dA, dB, dC, dD = _backward_outputs(
+        x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height, width, merged,
+        cols_t, block_c, block_l, num_warps)
     n_cblocks = dB.shape[2]
     _ss2d_bwd_n1_kernel[(n_cblocks, batch)](
         x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,

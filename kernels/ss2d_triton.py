@@ -259,18 +259,15 @@ def launch_config(channels, length, d_state, rank, block_c=None, block_l=None, n
                 BLOCK_R=max(16, triton.next_power_of_2(rank)), num_warps=num_warps)
 
 
-def _fwd_shapes(x, dt_weight, A, save, block_l, length):
-    n_chunks = triton.cdiv(length, block_l)
-    return x.shape, ((x.shape[0], 4, dt_weight.shape[1], n_chunks, A.shape[1]) if save else (1, ))
+def _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged, save,
+                     block_c, block_l, num_warps):
+    """Empty float32 y and states of the forward launch (also its fake implementation)."""
+    n_chunks = triton.cdiv(height * width, block_l)
+    shapes = (x.shape, (x.shape[0], 4, dt_weight.shape[1], n_chunks, A.shape[1]) if save else (1, ))
+    return tuple(x.new_empty(shape, dtype=torch.float32) for shape in shapes)
 
 
-def _fake_forward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged, save,
-                  block_c, block_l, num_warps):
-    return tuple(x.new_empty(shape, dtype=torch.float32)
-                 for shape in _fwd_shapes(x, dt_weight, A, save, block_l, height * width))
-
-
-@opaque_under_compile('ss2d_fwd', _fake_forward)
+@opaque_under_compile('ss2d_fwd', _forward_outputs)
 def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
                     dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
                     D: Optional[torch.Tensor], height: int, width: int, merged: bool, save: bool,
@@ -281,8 +278,8 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
     channels, rank = dt_weight.shape[1], dt_weight.shape[2]
     length, d_state = height * width, A.shape[1]
     cfg = launch_config(channels, length, d_state, rank, block_c, block_l, num_warps)
-    y, states = (torch.empty(shape, device=x.device, dtype=torch.float32)
-                 for shape in _fwd_shapes(x, dt_weight, A, save, block_l, length))
+    y, states = _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
+                                 merged, save, block_c, block_l, num_warps)
     _ss2d_fwd_kernel[(triton.cdiv(channels, block_c), x.shape[0])](
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, y, states,
         channels, height, width, length, rank, d_state, triton.cdiv(length, block_l),
@@ -290,22 +287,20 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
     return y, states
 
 
-def _bwd_shapes(x, dt_weight, A, block_c, length):
+def _backward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width,
+                      merged, block_c, block_l, num_warps):
+    """Empty float32 dx, ddtl, dw, dbias, dA, dB, dC, dD of the backward launch (also its fake
+    implementation)."""
     batch, channels, rank, d_state = x.shape[0], dt_weight.shape[1], dt_weight.shape[2], A.shape[1]
-    n_cblocks = triton.cdiv(channels, block_c)
-    return (x.shape, (batch, 4, n_cblocks, rank, length), (batch, 4, channels, rank),
-            (batch, 4 * channels), (batch, 4 * channels, d_state),
-            (batch, 4, n_cblocks, d_state, length), (batch, 4, n_cblocks, d_state, length),
-            (batch, 4 * channels))
+    length, n_cblocks = height * width, triton.cdiv(channels, block_c)
+    shapes = (x.shape, (batch, 4, n_cblocks, rank, length), (batch, 4, channels, rank),
+              (batch, 4 * channels), (batch, 4 * channels, d_state),
+              (batch, 4, n_cblocks, d_state, length), (batch, 4, n_cblocks, d_state, length),
+              (batch, 4 * channels))
+    return tuple(x.new_empty(shape, dtype=torch.float32) for shape in shapes)
 
 
-def _fake_backward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width,
-                   merged, block_c, block_l, num_warps):
-    return tuple(x.new_empty(shape, dtype=torch.float32)
-                 for shape in _bwd_shapes(x, dt_weight, A, block_c, height * width))
-
-
-@opaque_under_compile('ss2d_bwd', _fake_backward)
+@opaque_under_compile('ss2d_bwd', _backward_outputs)
 def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
                      dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
                      D: Optional[torch.Tensor], states: torch.Tensor, dy: torch.Tensor,
@@ -318,9 +313,9 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
     channels, rank = dt_weight.shape[1], dt_weight.shape[2]
     length, d_state = height * width, A.shape[1]
     cfg = launch_config(channels, length, d_state, rank, block_c, block_l, num_warps)
-    dx, ddtl, dw, dbias, dA, dB, dC, dD = (
-        torch.empty(shape, device=x.device, dtype=torch.float32)
-        for shape in _bwd_shapes(x, dt_weight, A, block_c, length))
+    dx, ddtl, dw, dbias, dA, dB, dC, dD = _backward_outputs(
+        x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width, merged, block_c,
+        block_l, num_warps)
     n_cblocks = ddtl.shape[2]
     _ss2d_bwd_kernel[(n_cblocks, x.shape[0])](
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, states, dy,
