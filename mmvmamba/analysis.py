@@ -10,7 +10,11 @@ from torch.utils.flop_counter import FlopCounterMode
 import mmvmamba.models.ss2d as ss2d_module
 import mmvmamba.models.utils.layers as layers_module
 
-__all__ = ['count_flops', 'scan_flops', 'measure_throughput', 'effective_receptive_field']
+__all__ = ['count_flops', 'scan_flops', 'measure_throughput', 'effective_receptive_field',
+           'AMP_DTYPES']
+
+# autocast dtype by name (None and 'none': no autocast), as the analysis tools' --amp takes them
+AMP_DTYPES = {None: None, 'none': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 def scan_flops(batch, length, channels, d_state, rank):
@@ -91,13 +95,13 @@ def measure_throughput(model, batch, shape=(224, 224), device='cpu', amp=None, t
                        optimizer=None, warmup=3, repeats=10, progress=None, cuda_graph=False):
     """Images per second (median over ``repeats`` timed steps after ``warmup``) and peak memory
     (bytes, CUDA only) of inference, or of training steps (forward + backward, plus the
-    optimizer step when ``optimizer`` is given). ``amp``: None, 'fp16' or 'bf16' autocast.
+    optimizer step when ``optimizer`` is given). ``amp``: a key of :data:`AMP_DTYPES`.
     ``cuda_graph``: replay the model from CUDA graphs (see :func:`_graphed_step`): no per-kernel
     launch cost on the CPU, for steps that are launch-bound."""
     device = torch.device(device)
     model = model.to(device).train(train)
     x = torch.randn(batch, 3, *shape, device=device)
-    dtype = {None: None, 'fp16': torch.float16, 'bf16': torch.bfloat16}[amp]
+    dtype = AMP_DTYPES[amp]
     if cuda_graph and device.type != 'cuda':
         raise ValueError(f'cuda_graph=True needs a CUDA device, got {device}')
 

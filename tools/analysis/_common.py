@@ -9,6 +9,18 @@ import mmvmamba  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
 
 
+def add_model_input_args(parser, batch):
+    """The arguments benchmark.py and compare_compiled.py share: the config, and the batch, image
+    shape, device and autocast modes (``--amp``, names of ``mmvmamba.analysis.AMP_DTYPES``) of
+    the random input they run it on."""
+    import torch
+    parser.add_argument('config')
+    parser.add_argument('--batch', type=int, default=batch)
+    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'))
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--amp', nargs='+', default=['none'], choices=['none', 'fp16', 'bf16'])
+
+
 def load_config(path, cfg_options=None):
     if not osp.isfile(path):
         raise FileNotFoundError(f'config {path!r} does not exist')

@@ -43,11 +43,7 @@ def build(cfg, device, launch):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config')
-    parser.add_argument('--batch', type=int, default=128)
-    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'))
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--amp', nargs='+', default=['none'], choices=['none', 'fp16', 'bf16'])
+    _common.add_model_input_args(parser, batch=128)
     parser.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--repeats', type=int, default=20)
@@ -63,7 +59,7 @@ def main(argv=None):
                      if mode == 'train-optim' else None)
         start = time.time()
         r = measure_throughput(model, args.batch, tuple(args.shape), args.device,
-                               None if amp == 'none' else amp, mode != 'inference', optimizer,
+                               amp, mode != 'inference', optimizer,
                                args.warmup, args.repeats,
                                _common.progress_printer(f'{mode} {amp} {launch}'),
                                cuda_graph=launch == 'graph')

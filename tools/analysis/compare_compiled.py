@@ -17,6 +17,7 @@ import sys
 
 import _common
 import torch
+from mmvmamba.analysis import AMP_DTYPES
 
 
 def relative_difference(ref, other):
@@ -61,11 +62,7 @@ def compare(model, x, amp, mode):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config')
-    parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'))
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--amp', nargs='+', default=['none'], choices=['none', 'fp16', 'bf16'])
+    _common.add_model_input_args(parser, batch=8)
     parser.add_argument('--mode', default='default',
                         choices=['default', 'reduce-overhead', 'max-autotune-no-cudagraphs'])
     parser.add_argument('--tol', type=float, default=1e-3)
@@ -76,7 +73,7 @@ def main(argv=None):
     x = torch.randn(args.batch, 3, *args.shape, device=args.device)
     rows, ok = [], True
     for amp in args.amp:
-        dtype = {'none': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}[amp]
+        dtype = AMP_DTYPES[amp]
         torch._dynamo.reset()
         out_diff, grad_diff, grad_name, spread = compare(model, x, dtype, args.mode)
         tol = args.tol * (1 if dtype is None else 10)

@@ -12,6 +12,7 @@ import re
 
 import _common
 import torch
+from mmvmamba.analysis import AMP_DTYPES
 
 FAMILIES = (
     ('ss2d scan (triton)', r'_ss2d_'),
@@ -48,7 +49,7 @@ def main(argv=None):
     model = _common.build_plain_classifier(cfg).cuda()
     model.train(args.mode == 'train')
     images = torch.randn(args.batch, 3, *args.shape, device='cuda')
-    dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(args.amp)
+    dtype = AMP_DTYPES[args.amp]
 
     def step():
         with torch.autocast('cuda', dtype=dtype or torch.float32, enabled=dtype is not None):
