@@ -57,24 +57,31 @@ def _combine_grad(g_first, p_first, a_first, g_then, p_then, a_then):
 
 @triton.jit
 def _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R,
-              BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+              PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr, BLOCK_C: tl.constexpr,
+              BLOCK_L: tl.constexpr):
     """u and delta's pre-activation for one chunk, in scan order (x at offsets s, the dt_low
-    rows at sp)."""
+    rows at sp), the projection as R rank-1 updates, R_UNROLL (a divisor of R) at a time,
+    unrolled so that their loads issue together; PRE_GIVEN: dtl_base holds the projection
+    w dt_low itself, (C, L) float32 in the walked map's order like x (read at s)."""
     m2 = cm[:, None] & tm[None, :]
     u = tl.load(x_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
+    if PRE_GIVEN:
+        pre = tl.load(dtl_base + c[:, None] * L + s[None, :], mask=m2, other=0.)
+        return u, pre + bias[:, None]
     pre = tl.zeros((BLOCK_C, BLOCK_L), tl.float32) + bias[:, None]
-    for r in range(R):
-        w_r = tl.load(w_ptr + kc * R + r, mask=cm, other=0.).to(tl.float32)
-        dt_r = tl.load(dtl_base + r * L + sp, mask=tm, other=0.).to(tl.float32)
-        pre += w_r[:, None] * dt_r[None, :]
+    for r0 in range(0, R, R_UNROLL):
+        for j in tl.static_range(R_UNROLL):
+            w_r = tl.load(w_ptr + kc * R + r0 + j, mask=cm, other=0.).to(tl.float32)
+            dt_r = tl.load(dtl_base + (r0 + j) * L + sp, mask=tm, other=0.).to(tl.float32)
+            pre += w_r[:, None] * dt_r[None, :]
     return u, pre
 
 
 @triton.jit
 def _direction_inputs(dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R,
-                      NCH, K: tl.constexpr, HAS_D: tl.constexpr):
+                      NCH, K: tl.constexpr, HAS_D: tl.constexpr, PRE_GIVEN: tl.constexpr):
     """Direction K's per-channel parameters (A, dt bias, D: zeros without D) and the bases of
-    its dt_low / Bs / Cs rows and saved chunk states."""
+    its dt_low (or, PRE_GIVEN, projected dt) / Bs / Cs rows and saved chunk states."""
     kc = K * CH + c
     A = tl.load(A_ptr + kc, mask=cm, other=0.).to(tl.float32)
     bias = tl.load(bias_ptr + kc, mask=cm, other=0.).to(tl.float32)
@@ -82,14 +89,16 @@ def _direction_inputs(dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, 
         Dk = tl.load(D_ptr + kc, mask=cm, other=0.).to(tl.float32)
     else:
         Dk = tl.zeros_like(A)
-    return (kc, A, bias, Dk, dtl_ptr + (b * 4 + K) * R * L, B_ptr + (b * 4 + K) * L,
+    return (kc, A, bias, Dk, dtl_ptr + (b * 4 + K) * (CH if PRE_GIVEN else R) * L,
+            B_ptr + (b * 4 + K) * L,
             C_ptr + (b * 4 + K) * L, hs_ptr + ((b * 4 + K) * CH + c) * NCH)
 
 
 @triton.jit
 def _chunk_step(x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch,
                 K: tl.constexpr, H, W, L, R, MERGED: tl.constexpr, COLS_T: tl.constexpr,
-                BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+                PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr, BLOCK_C: tl.constexpr,
+                BLOCK_L: tl.constexpr):
     """What the forward and the backward both compute for chunk ``ch`` of direction K: the step
     indices and masks, the offsets in the map walked (s) and in the row-major dt_low / Bs / Cs
     rows (sp), u, delta's pre-activation, delta, the B and C rows and the decay (1 past L)."""
@@ -98,8 +107,8 @@ def _chunk_step(x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, l
     m2 = cm[:, None] & tm[None, :]
     s = _scan_index(t, K, H, W, MERGED and not COLS_T)  # in the map read / written
     sp = _scan_index(t, K, H, W, MERGED)  # in the row-major dt_low, Bs, Cs
-    u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R, BLOCK_C,
-                       BLOCK_L)
+    u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R, PRE_GIVEN,
+                       R_UNROLL, BLOCK_C, BLOCK_L)
     bv = tl.load(bs_base + sp, mask=tm, other=0.).to(tl.float32)
     cv = tl.load(cs_base + sp, mask=tm, other=0.).to(tl.float32)
     delta = _softplus(pre)
@@ -112,11 +121,13 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
                    yt_ptr, hs_ptr, b, c, cm, lt, CH, H, W, L, R, NCH,
                    K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr,
                    SAVE_STATES: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
-                   BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+                   PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr, BLOCK_C: tl.constexpr,
+                BLOCK_L: tl.constexpr):
     """Direction K of the forward; REV: walk it as direction K - 2 backwards (chunks last to
     first, each scanned in reverse)."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
-        dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D)
+        dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D,
+        PRE_GIVEN)
     dir_offset = (b * CH * L) if MERGED else ((b * 4 + K) * CH * L)
     # merged: the column directions (K odd) read / write the transposed maps
     x_base = (xt_ptr if MERGED and COLS_T and K % 2 == 1 else x_ptr) + dir_offset
@@ -126,7 +137,7 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
         ch = (NCH - 1 - i) if REV else i
         tm, m2, s, u, pre, bv, cv, delta, decay = _chunk_step(
             x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch, K, H, W, L, R,
-            MERGED, COLS_T, BLOCK_C, BLOCK_L)
+            MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
         inp = delta * u * bv[None, :]
         if SAVE_STATES:
             tl.store(hs_base + ch, h, mask=cm)
@@ -147,7 +158,8 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
 def _ss2d_fwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
                         y_ptr, yt_ptr, hs_ptr, CH, H, W, L, R, NCH,
                         HAS_D: tl.constexpr, SAVE_STATES: tl.constexpr, MERGED: tl.constexpr,
-                        COLS_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+                        COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr,
+                        BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -156,13 +168,17 @@ def _ss2d_fwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
     args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, yt_ptr,
             hs_ptr, b, c, cm, lt, CH, H, W, L, R, NCH)
     # each direction may add into what the previous ones wrote, from other threads: barriers
-    _fwd_direction(*args, 0, False, HAS_D, SAVE_STATES, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    _fwd_direction(*args, 0, False, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN, R_UNROLL,
+                   BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _fwd_direction(*args, 1, False, HAS_D, SAVE_STATES, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    _fwd_direction(*args, 1, False, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN, R_UNROLL,
+                   BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _fwd_direction(*args, 2, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    _fwd_direction(*args, 2, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN, R_UNROLL,
+                   BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _fwd_direction(*args, 3, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    _fwd_direction(*args, 3, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN, R_UNROLL,
+                   BLOCK_C, BLOCK_L)
 
 
 @triton.jit
@@ -170,12 +186,13 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
                    dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr,
                    dD_ptr, b, pid_c, c, cm, lt, CH, H, W, L, R, NCH, NCB,
                    K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr, MERGED: tl.constexpr,
-                   COLS_T: tl.constexpr,
+                   COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr,
                    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """Direction K of the backward (REV as in :func:`_fwd_direction`); chunks in the opposite
     order to the forward."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
-        dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D)
+        dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D,
+        PRE_GIVEN)
     dir_offset = (b * CH * L) if MERGED else ((b * 4 + K) * CH * L)
     # merged: the column directions (K odd) read / write the transposed maps
     x_base = (xt_ptr if MERGED and COLS_T and K % 2 == 1 else x_ptr) + dir_offset
@@ -191,7 +208,7 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
         ch = i if REV else NCH - 1 - i
         tm, m2, s, u, pre, bv, cv, delta, decay = _chunk_step(
             x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch, K, H, W, L, R,
-            MERGED, COLS_T, BLOCK_C, BLOCK_L)
+            MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
         dy = tl.load(dy_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
         du_in = delta * u
         inp = du_in * bv[None, :]
@@ -238,7 +255,8 @@ def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
                         hs_ptr, dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr,
                         dB_ptr, dC_ptr, dD_ptr, CH, H, W, L, R, NCH, NCB,
                         HAS_D: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
-                        BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+                        PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr, BLOCK_C: tl.constexpr,
+                BLOCK_L: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -248,13 +266,13 @@ def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
             dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, b,
             pid_c, c, cm, lt, CH, H, W, L, R, NCH, NCB)
     # each direction may add into the dx that the previous ones wrote, from other threads
-    _bwd_direction(*args, 0, False, HAS_D, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, 0, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, 1, False, HAS_D, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, 1, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, 2, MERGED, HAS_D, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, 2, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, 3, MERGED, HAS_D, MERGED, COLS_T, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, 3, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
 
 
 def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_block_c=None,
@@ -277,8 +295,15 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
             dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw))
 
 
+def _rank_unroll(rank):
+    """Rank-1 updates per unrolled step of the in-kernel dt projection: 8 for ranks that are
+    multiples of 8 (on the H100 unrolling cut VMamba-B's scan by 5-12%, but slowed VMamba-T's
+    ranks 6 and 12 unrolled 2 and 4 at a time by ~5%), otherwise 1."""
+    return 8 if rank % 8 == 0 else 1
+
+
 def _forward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
-                     cols_t, save, block_c, block_l, num_warps):
+                     cols_t, save, pre_given, block_c, block_l, num_warps):
     """Empty float32 y, yt, states of the forward launch (also its fake implementation)."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
     shapes = (x.shape, xt.shape if cols_t else (0, ),
@@ -290,24 +315,27 @@ def _forward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, wi
 def _launch_forward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.Tensor,
                     dt_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
                     Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor], height: int,
-                    width: int, merged: bool, cols_t: bool, save: bool, block_c: int,
-                    block_l: int, num_warps: int
+                    width: int, merged: bool, cols_t: bool, save: bool, pre_given: bool,
+                    block_c: int, block_l: int, num_warps: int
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward launch: returns y, yt (empty unless ``cols_t``) and the chunk start states
-    (a placeholder unless ``save``), all float32."""
+    (a placeholder unless ``save``), all float32. ``pre_given``: ``dt_low`` is the projected dt
+    (:func:`_projected_dt`) instead."""
     channels, rank, length = dt_weight.shape[1], dt_weight.shape[2], dt_low.shape[-1]
     y, yt, states = _forward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
-                                     width, merged, cols_t, save, block_c, block_l, num_warps)
+                                     width, merged, cols_t, save, pre_given, block_c, block_l,
+                                     num_warps)
     _ss2d_fwd_n1_kernel[(triton.cdiv(channels, block_c), x.shape[0])](
         x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
         D if D is not None else A, y, yt if cols_t else y, states, channels, height, width,
         length, rank, triton.cdiv(length, block_l), HAS_D=D is not None, SAVE_STATES=save,
-        MERGED=merged, COLS_T=cols_t, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
+        MERGED=merged, COLS_T=cols_t, PRE_GIVEN=pre_given, R_UNROLL=_rank_unroll(rank),
+        BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
     return y, yt, states
 
 
 def _backward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height,
-                      width, merged, cols_t, block_c, block_l, num_warps):
+                      width, merged, cols_t, pre_given, block_c, block_l, num_warps):
     """Empty float32 dx, dxt, dpre, dbias, dA, dB, dC, dD of the backward launch (also its fake
     implementation)."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
@@ -323,8 +351,8 @@ def _launch_backward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.
                      dt_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
                      Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor],
                      states: torch.Tensor, dy: torch.Tensor, dyt: Optional[torch.Tensor],
-                     height: int, width: int, merged: bool, cols_t: bool, block_c: int,
-                     block_l: int, num_warps: int
+                     height: int, width: int, merged: bool, cols_t: bool, pre_given: bool,
+                     block_c: int, block_l: int, num_warps: int
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward launch: returns float32 dx, dxt (empty unless ``cols_t``), d(delta
@@ -334,14 +362,15 @@ def _launch_backward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.
     length, n_chunks = dt_low.shape[-1], states.shape[3]
     dx, dxt, dpre, dbias, dA, dB, dC, dD = _backward_outputs(
         x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height, width, merged,
-        cols_t, block_c, block_l, num_warps)
+        cols_t, pre_given, block_c, block_l, num_warps)
     n_cblocks = dB.shape[2]
     _ss2d_bwd_n1_kernel[(n_cblocks, batch)](
         x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
         D if D is not None else A, states, dy, dyt if cols_t else dy, dx,
         dxt if cols_t else dx, dpre, dbias, dA, dB, dC, dD, channels, height, width, length,
         rank, n_chunks, n_cblocks, HAS_D=D is not None, MERGED=merged, COLS_T=cols_t,
-        BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
+        PRE_GIVEN=pre_given, R_UNROLL=_rank_unroll(rank), BLOCK_C=block_c, BLOCK_L=block_l,
+        num_warps=num_warps)
     return dx, dxt, dpre, dbias, dA, dB, dC, dD
 
 
@@ -360,18 +389,22 @@ class SS2DScanN1Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
-                cols_t, cfg, bwd_cfg):
+                cols_t, cfg, bwd_cfg, project_first=False):
         cols_t = merged and cols_t
+        project_first = merged and project_first
         save = any(ctx.needs_input_grad)
-        y, yt, states = _launch_forward(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
-                                        width, merged, cols_t, save, cfg['BLOCK_C'],
-                                        cfg['BLOCK_L'], cfg['num_warps'])
+        dt_src = (_projected_dt(dt_low, dt_weight, height, width, cols_t) if project_first else
+                  dt_low)
+        y, yt, states = _launch_forward(x, xt, dt_src, dt_weight, dt_bias, A, Bs, Cs, D, height,
+                                        width, merged, cols_t, save, project_first,
+                                        cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
+        del dt_src
         if not cols_t:
             ctx.mark_non_differentiable(yt)
         if save:
             # xt is not kept: the backward transposes x again (cheaper than holding both)
             ctx.save_for_backward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states)
-            ctx.meta = (height, width, merged, cols_t, bwd_cfg)
+            ctx.meta = (height, width, merged, cols_t, project_first, bwd_cfg)
         return y, yt
 
     @staticmethod
@@ -385,7 +418,7 @@ class SS2DScanN1Function(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, dy, dyt):
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states = ctx.saved_tensors
-        height, width, merged, cols_t, cfg = ctx.meta
+        height, width, merged, cols_t, project_first, cfg = ctx.meta
         channels = dt_weight.shape[1]
         dy = dy.contiguous() if dy is not None else torch.zeros_like(x, dtype=torch.float32)
         if cols_t:
@@ -393,15 +426,16 @@ class SS2DScanN1Function(torch.autograd.Function):
             dyt = dyt.contiguous() if dyt is not None else torch.zeros_like(xt, dtype=dy.dtype)
         else:
             xt, dyt = None, None
+        # dt_low in the order of the map each direction walks (column-major for the transposed
+        # column directions), as d(pre-activation) comes back
+        dt_in_order = _dt_low_in_walk_order(dt_low, height, width, cols_t)
+        dt_src = torch.matmul(dt_weight.float(), dt_in_order) if project_first else dt_low
         dx, dxt, dpre, dbias, dA, dB, dC, dD = _launch_backward(
-            x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height, width,
-            merged, cols_t, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
+            x, xt, dt_src, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height, width,
+            merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
+        del dt_src
         # the rank-R dt projection's gradients are two batched GEMMs on d(pre-activation):
-        # d dt_low[b, k] = w[k]^T dpre[b, k]; d w[k] = sum_b dpre[b, k] dt_low[b, k]^T, with
-        # dt_low in dpre's order (column-major for the transposed column directions)
-        dt_in_order = dt_low.float()
-        if cols_t:
-            dt_in_order = _odd_directions_by_column(dt_in_order, height, width)
+        # d dt_low[b, k] = w[k]^T dpre[b, k]; d w[k] = sum_b dpre[b, k] dt_low[b, k]^T
         ddtl = torch.matmul(dt_weight.float().transpose(1, 2), dpre)
         dw = torch.matmul(dpre, dt_in_order.transpose(2, 3)).sum(0)
         dB, dC = dB.sum(2, keepdim=True), dC.sum(2, keepdim=True)
@@ -410,7 +444,23 @@ class SS2DScanN1Function(torch.autograd.Function):
         return (dx.to(x.dtype), dxt.to(x.dtype) if cols_t else None, ddtl.to(dt_low.dtype),
                 dw.to(dt_weight.dtype), dbias.sum(0).view(4, channels).to(dt_bias.dtype),
                 dA.sum(0)[:, None].to(A.dtype), dB.to(Bs.dtype), dC.to(Cs.dtype),
-                dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 6
+                dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 7
+
+
+def _dt_low_in_walk_order(dt_low, height, width, cols_t):
+    """dt_low as float32 in the order of the map each direction reads: row-major, but the
+    column directions' rows column-major when they read the transposed map (``cols_t``)."""
+    dt = dt_low.float()
+    return _odd_directions_by_column(dt, height, width) if cols_t else dt
+
+
+def _projected_dt(dt_low, dt_weight, height, width, cols_t):
+    """delta's pre-activation without its bias, w[k] dt_low[b, k]: (batch, 4, C, L) float32 in
+    the order of the map each direction reads (so the kernel loads it like x). One batched float32
+    GEMM, outside autocast."""
+    with torch.autocast(dt_low.device.type, enabled=False):
+        return torch.matmul(dt_weight.float(), _dt_low_in_walk_order(dt_low, height, width,
+                                                                     cols_t))
 
 
 def _odd_directions_by_column(t, height, width):
@@ -426,8 +476,13 @@ def _odd_directions_by_column(t, height, width):
 TRANSPOSE_FROM_LENGTH = 512
 
 
+# from this dt rank on, the dt projection is a GEMM before the kernels instead of R rank-1
+# updates per chunk inside them
+PROJECT_FROM_RANK = 16
+
+
 def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_columns=None,
-                 **tiles):
+                 project_first=None, **tiles):
     """Fused SS2D core for d_state = 1 (inputs as :func:`vmamba_kernels.ss2d_scan`, already
     checked; ``tiles`` as :func:`n1_launch_config`).
 
@@ -437,16 +492,24 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     the two transposes (the map, the final sum) are torch ops whose gradients autograd handles.
     On the H100 at 56 x 56 this halves the forward (docs/kernels.md); on small maps the strided
     walk stays in cache and the copies would cost more than they save.
+
+    With a large dt rank (``project_first`` None: rank >= ``PROJECT_FROM_RANK``) delta's
+    pre-activation w dt_low is one float32 GEMM before each launch, (batch, 4, C, L), which the
+    kernels read like x; with a small rank they compute it from dt_low in registers, which costs
+    them 2 R loads and R multiply-adds per element (at rank 32: most of their instructions) but
+    saves writing and reading 4 float32 copies of the map.
     """
     height, width = x.shape[2], x.shape[3]
     length = height * width
     cfg, bwd_cfg = n1_launch_config(length, **tiles)
     if transpose_columns is None:
         transpose_columns = length >= TRANSPOSE_FROM_LENGTH
+    if project_first is None:
+        project_first = dt_weight.shape[2] >= PROJECT_FROM_RANK
     if not transpose_columns:
         return SS2DScanN1Function.apply(x, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
-                                        width, True, False, cfg, bwd_cfg)[0]
+                                        width, True, False, cfg, bwd_cfg, project_first)[0]
     xt = x.transpose(2, 3).contiguous()
     y, yt = SS2DScanN1Function.apply(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
-                                     width, True, True, cfg, bwd_cfg)
+                                     width, True, True, cfg, bwd_cfg, project_first)
     return y + yt.transpose(2, 3)

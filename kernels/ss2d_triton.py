@@ -17,6 +17,12 @@ Bytes saved per call, with e = bytes per input element: the cross-scanned copy, 
 (2 * 4 * B*C*L * e), delta written and read (2 * 4 * B*C*L * e), and the four per-direction
 outputs written, read and summed (about 3 * 4 * B*C*L * 4 bytes of float32): for VMamba-T stage 1
 at batch 128 with bf16 inputs, 1.23 GB + 1.23 GB + 1.85 GB, against 0.23 GB it does read and write.
+One exception, d_state 1 with a dt rank R >= 16 (``ss2d_n1.PROJECT_FROM_RANK``: VMamba-T/S stages
+3-4, VMamba-B stages 2-4): there the projection costs the kernel 2R loads and R multiply-adds
+per element, most of its instructions, so it is one float32 GEMM before the launch instead, and
+the kernel reads delta's pre-activation (batch, 4, C, L) like x: 2 * 4 * B*C*L * 4 bytes more
+traffic (VMamba-B stage 3 at batch 128: 0.82 GB, ~0.3 ms), and the forward and forward+backward
+there took 23% less time on the H100 (docs/kernels.md).
 
 One program owns (batch b, a block of channels) and runs the 4 directions one after the other,
 adding into the output it owns: the merge is a fixed-order sum, no atomics, so the forward and the
@@ -363,19 +369,21 @@ class SS2DScanFunction(torch.autograd.Function):
 
 def ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, block_c=None,
                      block_l=None, num_warps=None, bwd_block_c=None, bwd_num_warps=None,
-                     transpose_columns=None):
+                     transpose_columns=None, project_first=None):
     """Triton path of :func:`vmamba_kernels.ss2d_scan`; returns (batch, C, H, W) float32.
 
     d_state 1 runs the kernels of ``ss2d_n1.py``, larger d_state the general ones here. The tile
     arguments override the defaults (``bwd_*``: d_state 1 only, the backward's own channel block
-    and warps; ``transpose_columns``: d_state 1 only, see ``ss2d_n1.ss2d_scan_n1``)."""
+    and warps; ``transpose_columns``, ``project_first``: d_state 1 only, see
+    ``ss2d_n1.ss2d_scan_n1``)."""
     check_ss2d_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     _check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     if A.shape[1] == 1:
         from .ss2d_n1 import ss2d_scan_n1
         return ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, block_c=block_c,
                             block_l=block_l, num_warps=num_warps, bwd_block_c=bwd_block_c,
-                            bwd_num_warps=bwd_num_warps, transpose_columns=transpose_columns)
+                            bwd_num_warps=bwd_num_warps, transpose_columns=transpose_columns,
+                            project_first=project_first)
     height, width = x.shape[2], x.shape[3]
     config = dict(block_c=block_c, block_l=block_l, num_warps=num_warps)
     return SS2DScanFunction.apply(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,

@@ -64,13 +64,50 @@ def test_erf_with_checkpoint(tmp_path):
     assert (tmp_path / 'erf.png').exists()
 
 
-def test_benchmark_runs_on_cpu():
+def test_benchmark_runs_on_cpu(capsys):
     import benchmark
     rows = benchmark.main([DIGITS, '--batch', '2', '--shape', '32', '32', '--device', 'cpu',
                            '--warmup', '1', '--repeats', '2', '--amp', 'none', 'bf16'])
     assert [r[:3] for r in rows] == [(m, a, 'eager') for m in benchmark.MODES
                                      for a in ('none', 'bf16')]
     assert all(r[3] > 0 for r in rows)
+    # every result is printed before the final table (a run cut short keeps what it measured)
+    out = capsys.readouterr().out
+    table_at = out.index('| mode |')
+    for mode, amp, launch, ips, _, _ in rows:
+        assert 0 <= out.index(f'{mode} {amp} {launch}: {ips:.1f} img/s') < table_at
+
+
+def test_compare_compiled_judges_against_the_eager_precision_spread(monkeypatch):
+    # a "compiled" model that adds a fixed relative error to the output: within tolerance when
+    # the tolerance or twice the eager autocast-vs-float32 spread covers it, refused otherwise
+    import compare_compiled
+
+    class Offset(torch.nn.Module):
+        def __init__(self, inner, error):
+            super().__init__()
+            self.inner, self.error = inner, error
+
+        def forward(self, x):
+            out = self.inner(x)
+            return out + self.error * out.detach().abs().max()
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    x = torch.randn(4, 8)
+    # bf16 autocast moves this model's output by ~4e-3 (one bf16 rounding), float32 on a CPU by 0
+    for error, tol, amp, passed in ((1e-4, 1e-3, None, True), (1e-2, 1e-3, None, False),
+                                    (1e-3, 1e-4, torch.bfloat16, True),
+                                    (1.0, 1e-4, torch.bfloat16, False)):
+        monkeypatch.setattr(torch, 'compile',
+                            lambda m, mode=None, error=error: Offset(m, error))
+        rows = compare_compiled.compare(model, x, amp, 'default', tol)
+        diff, spread, ok = rows['output']
+        # (the offset output is rounded to bf16 under autocast)
+        assert diff == pytest.approx(error, rel=1e-3, abs=2**-8 if amp else 0)
+        assert ok is passed, (error, tol, amp, spread)
+        assert (spread > 1e-3) if amp else (spread == 0)
+        assert rows.keys() == {'output'} | {name for name, _ in model.named_parameters()}
 
 
 def test_cuda_graph_launch_needs_a_gpu():

@@ -19,12 +19,13 @@ def reference(**kw):
     return torch.tanh(naive_ss2d(**kw)) * 1.5
 
 
-# (batch, channels, H, W, rank, d_state): d_state 1 with strided column walks (small map) and
-# with the transposed column directions (>= 512 positions), and the general kernels (d_state 4).
-# inductor (what users get) costs ~20 s of C++ compilation a case here: once per d_state 1 walk;
-# aot_eager (dynamo + AOTAutograd, no code generation) for every case.
+# (batch, channels, H, W, rank, d_state): d_state 1 with strided column walks (small map), with
+# the transposed column directions (>= 512 positions) and with the dt projection done first
+# (rank >= 16), and the general kernels (d_state 4). inductor (what users get) costs ~20 s of C++
+# compilation a case here: once per d_state 1 walk; aot_eager (dynamo + AOTAutograd, no code
+# generation) for every case.
 CASES = [(shape, 'aot_eager') for shape in [(2, 5, 3, 7, 3, 1), (1, 3, 23, 24, 2, 1),
-                                            (2, 6, 5, 3, 2, 4)]]
+                                            (1, 3, 5, 4, 16, 1), (2, 6, 5, 3, 2, 4)]]
 CASES += [((2, 5, 3, 7, 3, 1), 'inductor'), ((1, 3, 23, 24, 2, 1), 'inductor')]
 
 

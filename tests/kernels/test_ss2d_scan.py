@@ -71,24 +71,42 @@ def test_triton_chunk_carries_match_reference():
                             make_inputs(1, 20, 7, 6, 2, 4), 1e-5)
 
 
+@pytest.mark.parametrize('project_first', [False, True])
 @pytest.mark.parametrize('transpose_columns', [False, True])
-@pytest.mark.parametrize('shape', [(2, 5, 3, 7, 3, 1), (1, 9, 6, 5, 2, 1), (1, 3, 1, 9, 2, 1)])
-def test_triton_d_state_1_both_column_walks_match_reference(shape, transpose_columns):
+@pytest.mark.parametrize('shape', [(2, 5, 3, 7, 3, 1), (1, 9, 6, 5, 2, 1), (1, 3, 1, 9, 2, 1),
+                                   (1, 4, 5, 3, 8, 1)])
+def test_triton_d_state_1_both_column_walks_match_reference(shape, transpose_columns,
+                                                            project_first):
     # d_state 1 has kernels of its own: chunks of 16 steps (carries forwards and backwards, the
     # reversed directions walked chunk by chunk from the end), 2-5 channel blocks in the forward
-    # and a different block in the backward, column directions strided or transposed
+    # and a different block in the backward, column directions strided or transposed, the dt
+    # projection in the kernels (rank 8: unrolled 8 rank-1 updates at a time) or a GEMM before
+    # them
     fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
-        **kw, block_c=2, block_l=16, bwd_block_c=4, transpose_columns=transpose_columns)
+        **kw, block_c=2, block_l=16, bwd_block_c=4, transpose_columns=transpose_columns,
+        project_first=project_first)
     check_against_reference(fn, make_inputs(*shape), 1e-5)
 
 
-@pytest.mark.parametrize('transpose_columns', [False, True])
-def test_triton_d_state_1_bf16_and_deterministic(transpose_columns):
+@pytest.mark.parametrize('rank', [15, 16])
+def test_triton_d_state_1_projects_first_from_rank_16_by_default(rank, monkeypatch):
+    from vmamba_kernels import ss2d_n1
+    calls = []
+    projected_dt = ss2d_n1._projected_dt
+    monkeypatch.setattr(ss2d_n1, '_projected_dt',
+                        lambda *args: calls.append(args) or projected_dt(*args))
+    check_against_reference(lambda **kw: ss2d_scan_triton(**kw, block_l=16),
+                            make_inputs(1, 3, 4, 5, rank, 1), 1e-5)
+    assert bool(calls) == (rank >= ss2d_n1.PROJECT_FROM_RANK == 16)
+
+
+@pytest.mark.parametrize('transpose_columns,project_first', [(False, True), (True, False)])
+def test_triton_d_state_1_bf16_and_deterministic(transpose_columns, project_first):
     bf16 = {'x', 'dt_low', 'Bs', 'Cs'}
     inputs = make_inputs(2, 6, 5, 7, 2, 1)
     inputs = {k: v.bfloat16() if k in bf16 else v for k, v in inputs.items()}
     fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
-        **kw, block_l=16, transpose_columns=transpose_columns)
+        **kw, block_l=16, transpose_columns=transpose_columns, project_first=project_first)
     check_against_reference(fn, inputs, 1e-2)
     grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
     (y1, g1), (y2, g2) = (forward_and_grads(fn, inputs, grad_out) for _ in range(2))

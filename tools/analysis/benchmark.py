@@ -16,7 +16,8 @@ Launch (how the model's kernels reach the GPU; each named one is measured):
 * ``compile``: ``torch.compile(model)`` (inductor, default mode; compiled in the warm-up steps).
 * ``compile-graph``: ``torch.compile(model, mode='reduce-overhead')`` (inductor + CUDA graphs).
 
-The table's last column is each row's wall time, compilation included.
+Each result is printed as soon as it is measured, then all of them as a table; its last column
+is each row's wall time, compilation included.
 """
 import argparse
 import itertools
@@ -65,6 +66,9 @@ def main(argv=None):
                                cuda_graph=launch == 'graph')
         peak = '-' if r['peak_bytes'] is None else f"{r['peak_bytes'] / 2**30:.1f} GiB"
         rows.append((mode, amp, launch, r['images_per_s'], peak, time.time() - start))
+        # each result as soon as it is measured: a run cut short keeps the rows it finished
+        print(f'{mode} {amp} {launch}: {rows[-1][3]:.1f} img/s, peak {peak}, '
+              f'{rows[-1][5]:.0f} s', flush=True)
         del model, optimizer
         if args.device.startswith('cuda'):
             torch.cuda.empty_cache()

@@ -1,7 +1,8 @@
 """Benchmark and full-size check of the fused SS2D core (needs a CUDA GPU; torch + triton only).
 
-For each stage shape of VMamba-T at 224x224 (stage 1: 56x56, d_inner 96, ... stage 4: 7x7, 768),
-batch 128, bf16 inputs, d_state 1, it times forward and forward+backward of
+For each stage shape of VMamba-T at 224x224 (stage 1: 56x56, d_inner 96, ... stage 4: 7x7, 768;
+``--arch base``: VMamba-B's, d_inner 256 ... 2048), batch 128, bf16 inputs (``--dtype``),
+d_state 1, it times forward and forward+backward of
   fused    - vmamba_kernels.ss2d_scan (Triton: reads the map in 4 orders, merged output),
   unfused  - materialized cross-scan (torch) + the same scan kernel per direction + torch merge,
   torch    - the torch path (the model's CPU path) on the GPU,
@@ -9,6 +10,7 @@ against the byte floor (forward: read x once, write y once; forward+backward add
 dy and writing dx), and checks the fused path against the float64 torch reference.
 
     python tools/analysis/benchmark_scan.py [--batch 128] [--stages 1 2 3 4] [--skip-torch]
+        [--arch tiny|base] [--dtype bf16|fp32] [--skip-unfused]
 """
 import argparse
 import importlib.util
@@ -38,8 +40,12 @@ def _import_kernels():
 vk = _import_kernels()
 from vmamba_kernels.ss2d_triton import ss2d_scan_unfused_triton  # noqa: E402
 
-# (H = W, d_inner, dt_rank) of VMamba-T's four stages at 224x224
-TINY_STAGES = {1: (56, 96, 6), 2: (28, 192, 12), 3: (14, 384, 24), 4: (7, 768, 48)}
+# (H = W, d_inner, dt_rank) of the four stages at 224x224 (VMamba-S has VMamba-T's shapes)
+STAGES = {
+    'tiny': {1: (56, 96, 6), 2: (28, 192, 12), 3: (14, 384, 24), 4: (7, 768, 48)},
+    'base': {1: (56, 256, 8), 2: (28, 512, 16), 3: (14, 1024, 32), 4: (7, 2048, 64)},
+}
+DTYPES = {'bf16': torch.bfloat16, 'fp32': torch.float32}
 
 
 def make_inputs(batch, size, channels, rank, d_state, dtype, device, seed):
@@ -76,8 +82,8 @@ def sweep(args, dev):
     """Time forward+backward of the fused kernel over tile sizes and warps, per stage."""
     import itertools
     for stage in args.stages:
-        size, channels, rank = TINY_STAGES[stage]
-        inp = make_inputs(args.batch, size, channels, rank, args.d_state, torch.bfloat16, dev,
+        size, channels, rank = STAGES[args.arch][stage]
+        inp = make_inputs(args.batch, size, channels, rank, args.d_state, DTYPES[args.dtype], dev,
                           seed=stage)
         results = []
         grid = [tuple(int(v) for v in c.split('x')) for c in args.configs] if args.configs else \
@@ -174,6 +180,12 @@ def main():
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--stages', type=int, nargs='+', default=[1, 2, 3, 4])
     parser.add_argument('--d-state', type=int, default=1)
+    parser.add_argument('--arch', default='tiny', choices=sorted(STAGES),
+                        help='whose stage shapes (tiny; small has the same)')
+    parser.add_argument('--dtype', default='bf16', choices=sorted(DTYPES),
+                        help='of the map, dt_low, Bs, Cs (fp32: float32 inference)')
+    parser.add_argument('--skip-unfused', action='store_true',
+                        help='do not time the unfused pipeline')
     parser.add_argument('--reps', type=int, default=10, help='timing budget scale')
     parser.add_argument('--skip-torch', action='store_true', help='do not time the torch path')
     parser.add_argument('--check-batch', type=int, default=16,
@@ -199,18 +211,19 @@ def main():
           f'copy bandwidth {bw:.2f} TB/s (read + write)', flush=True)
     rows = []
     for stage in args.stages:
-        size, channels, rank = TINY_STAGES[stage]
-        inp = make_inputs(args.batch, size, channels, rank, args.d_state, torch.bfloat16, dev,
+        size, channels, rank = STAGES[args.arch][stage]
+        inp = make_inputs(args.batch, size, channels, rank, args.d_state, DTYPES[args.dtype], dev,
                           seed=stage)
         n_el = args.batch * channels * size * size
+        xb = DTYPES[args.dtype].itemsize  # x and dx; y and dy are float32
         row = dict(stage=stage, H=size, C=channels, R=rank,
-                   floor_fwd=n_el * (2 + 4) / bw / 1e9,
-                   floor_fwdbwd=n_el * (2 + 4 + 2 + 4 + 2) / bw / 1e9)
+                   floor_fwd=n_el * (xb + 4) / bw / 1e9,
+                   floor_fwdbwd=n_el * (xb + 4 + xb + 4 + xb) / bw / 1e9)
         t0 = time.time()
         row['err'] = check(inp, args.check_batch)
         print(f'stage {stage}: check vs float64 done in {time.time() - t0:.1f}s: ' +
               ' '.join(f'{k} {v:.1e}' for k, v in row['err'].items()), flush=True)
-        variants = [('fused', fused), ('unfused', unfused)]
+        variants = [('fused', fused)] + ([] if args.skip_unfused else [('unfused', unfused)])
         if not args.skip_torch:
             variants.append(('torch', lambda i: fused(i, backend='torch')))
         for name, fn in variants:
@@ -222,10 +235,11 @@ def main():
         rows.append(row)
         del inp
         torch.cuda.empty_cache()
-    names = ['fused', 'unfused'] + ([] if args.skip_torch else ['torch'])
+    names = (['fused'] + ([] if args.skip_unfused else ['unfused']) +
+             ([] if args.skip_torch else ['torch']))
     head = '| stage | H=W | C | ' + ' | '.join(f'{n} fwd | {n} fwd+bwd' for n in names)
-    print('\nSS2D core, batch %d, bf16 inputs, d_state %d, times in ms (median)' %
-          (args.batch, args.d_state))
+    print('\nSS2D core, %s shapes, batch %d, %s inputs, d_state %d, times in ms (median)' %
+          (args.arch, args.batch, args.dtype, args.d_state))
     print(head + ' | floor fwd | floor fwd+bwd | fused fwd+bwd / floor |')
     print('|' + '---|' * (head.count('|') + 3))
     for r in rows:

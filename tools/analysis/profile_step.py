@@ -1,7 +1,11 @@
 """Where a step of a config's classifier spends its GPU time (torch.profiler), grouped by kernel.
 
     python tools/analysis/profile_step.py CONFIG [--batch 128] [--amp fp16] [--mode train]
-        [--steps 3] [--top 25]
+        [--steps 3] [--top 25] [--by-op]
+
+With ``--by-op`` it also prints the PyTorch operators (aten::add, aten::copy_, ...) whose own
+kernels take the most device time, with their input shapes: which call in the model launched a
+kernel the table above only names.
 
 Prints the kernels with the largest total device time over ``--steps`` profiled steps (after two
 warm-up steps), with their share of the step, and a summary by family (the SS2D scan kernels,
@@ -42,6 +46,8 @@ def main(argv=None):
     parser.add_argument('--mode', default='train', choices=['train', 'inference'])
     parser.add_argument('--steps', type=int, default=3)
     parser.add_argument('--top', type=int, default=25)
+    parser.add_argument('--by-op', action='store_true',
+                        help='also list operators (with input shapes) by own device time')
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit('profile_step.py needs a CUDA GPU')
@@ -63,12 +69,16 @@ def main(argv=None):
         step()
     torch.cuda.synchronize()
     activities = [torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities) as prof:
+    if args.by_op:
+        activities.append(torch.profiler.ProfilerActivity.CPU)
+    with torch.profiler.profile(activities=activities, record_shapes=args.by_op) as prof:
         for _ in range(args.steps):
             step()
         torch.cuda.synchronize()
     totals = {}
     for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CPU:
+            continue  # operators (--by-op): their device time is their kernels'
         device_us = getattr(event, 'device_time_total', None)
         if device_us is None:
             device_us = event.cuda_time_total
@@ -87,6 +97,27 @@ def main(argv=None):
     for name, us in sorted(totals.items(), key=lambda kv: -kv[1])[:args.top]:
         short = name if len(name) < 90 else name[:87] + '...'
         print(f'| {short} | {us / args.steps / 1e3:.2f} | {100 * us / args.steps / step_us:.1f}% |')
+    if args.by_op:
+        print_operators(prof, args.steps, step_us, args.top)
+
+
+def print_operators(prof, steps, step_us, top):
+    """Operators by the device time of the kernels they launched themselves, per input shape."""
+    rows = []
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.device_type != torch.autograd.DeviceType.CPU:
+            continue
+        own_us = getattr(event, 'self_device_time_total', None)
+        if own_us is None:
+            own_us = event.self_cuda_time_total
+        if own_us > 0:
+            rows.append((own_us, event.key, event.count // steps, str(event.input_shapes)))
+    print(f'\n| operator (top {top}) | calls / step | ms / step | share | input shapes |\n'
+          '|---|---|---|---|---|')
+    for own_us, key, calls, shapes in sorted(rows, reverse=True)[:top]:
+        shapes = shapes if len(shapes) < 100 else shapes[:97] + '...'
+        print(f'| {key} | {calls} | {own_us / steps / 1e3:.2f} | '
+              f'{100 * own_us / steps / step_us:.1f}% | {shapes} |')
 
 
 if __name__ == '__main__':
