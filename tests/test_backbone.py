@@ -280,3 +280,6 @@ def test_compiled_backbone_matches_eager_and_survives_a_deep_copy():
         assert not torch.allclose(twin(x)[1], compiled(x)[1])
     with pytest.raises(TypeError, match='compile'):
         VMamba(arch, compile='yes')
+    # an empty dict compiles with torch.compile's defaults, like True; False stays eager
+    assert VMamba(arch, compile={}).compile_cfg == VMamba(arch, compile=True).compile_cfg == {}
+    assert VMamba(arch, compile=False).compile_cfg is None

@@ -56,7 +56,8 @@ class VMamba(BaseModule):
             CUDA, torch on CPU).
         compile (bool | dict): run the forward (and so the backward) through
             ``torch.compile``, compiled at the first call of each model instance; a dict gives
-            its keyword arguments, e.g. ``dict(mode='max-autotune-no-cudagraphs')``. The Triton
+            its keyword arguments (``{}``: the defaults, like True), e.g.
+            ``dict(mode='max-autotune-no-cudagraphs')``. The Triton
             kernels stay as they are and inductor fuses the ops around them: VMamba-T training
             on the H100 +16-24% (README, model zoo). Default: False.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH,
@@ -83,7 +84,9 @@ class VMamba(BaseModule):
         if not isinstance(compile, (bool, dict)):
             raise TypeError('compile must be a bool or a dict of torch.compile arguments, got '
                             f'{compile!r}')
-        self.compile_cfg = (dict(compile) if isinstance(compile, dict) else {}) if compile else None
+        # a dict, even an empty one, means "compile with these arguments"; False means eager
+        self.compile_cfg = (dict(compile) if isinstance(compile, dict) else
+                            {} if compile else None)
         cfg = self._arch_config(arch)
         dims = cfg['dims']
         dims = [dims * 2**i for i in range(len(cfg['depths']))] if isinstance(dims, int) else list(
