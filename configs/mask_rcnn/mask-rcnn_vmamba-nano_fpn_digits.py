@@ -1,6 +1,7 @@
 # Embedded default for detection: a small VMamba + Mask R-CNN FPN trained from scratch on the
 # COCO-format digits set (python tools/dataset_converters/digits_to_coco.py data/digits_coco).
-_base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py', 'mmdet::_base_/default_runtime.py']
+_base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py', 'mmdet::_base_/default_runtime.py',
+          '../_base_/schedules/mamba_no_decay.py']
 custom_imports = dict(imports=['mmvmamba'], allow_failed_imports=False)
 
 # The backbone starts from the digits classifier that `make demo` trains (same architecture), as
@@ -68,9 +69,7 @@ test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-4, weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0,
-                       custom_keys={'.A_logs': dict(decay_mult=0.0),
-                                    '.Ds': dict(decay_mult=0.0)}),
+    paramwise_cfg={{_base_.mamba_no_decay}},
     clip_grad=dict(max_norm=10.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),

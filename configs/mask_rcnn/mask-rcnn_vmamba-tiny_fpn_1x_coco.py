@@ -18,10 +18,5 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[96, 192, 384, 768]))
 
-# no weight decay on norms, biases and the SSM's A_logs / Ds
-optim_wrapper = dict(
-    paramwise_cfg=dict(
-        norm_decay_mult=0.0,
-        bias_decay_mult=0.0,
-        flat_decay_mult=0.0,
-        custom_keys={'.A_logs': dict(decay_mult=0.0), '.Ds': dict(decay_mult=0.0)}))
+# weight decay: the Swin recipe's rule, as the authors ran it (none on parameters whose name
+# contains 'norm'); Mamba's rule: configs/_base_/schedules/mamba_no_decay.py

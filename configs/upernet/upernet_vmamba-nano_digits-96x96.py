@@ -1,6 +1,7 @@
 # Embedded default for segmentation: a small VMamba + UperNet trained from scratch on the
 # ADE20K-format digits set (python tools/dataset_converters/digits_to_ade.py data/digits_ade).
-_base_ = ['mmseg::_base_/models/upernet_r50.py', 'mmseg::_base_/default_runtime.py']
+_base_ = ['mmseg::_base_/models/upernet_r50.py', 'mmseg::_base_/default_runtime.py',
+          '../_base_/schedules/mamba_no_decay.py']
 custom_imports = dict(imports=['mmvmamba'], allow_failed_imports=False)
 
 # The backbone starts from the digits classifier that `make demo` trains (same architecture), as
@@ -73,9 +74,7 @@ test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0,
-                       custom_keys={'.A_logs': dict(decay_mult=0.0),
-                                    '.Ds': dict(decay_mult=0.0)}))
+    paramwise_cfg={{_base_.mamba_no_decay}})
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=50, end=max_iters, by_epoch=False),

@@ -1,7 +1,7 @@
 # The embedded default: a small VMamba on scikit-learn's handwritten digits written as an
 # ImageNet-style folder (tools/dataset_converters/digits_to_folder.py data/digits).
 # 2 CPU cores: about 3 minutes of training (`make demo`).
-_base_ = ['../_base_/default_runtime_cls.py']
+_base_ = ['../_base_/default_runtime_cls.py', '../_base_/schedules/mamba_no_decay.py']
 
 data_root = 'data/digits'
 model = dict(
@@ -40,9 +40,7 @@ test_evaluator = val_evaluator
 
 optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0,
-                       custom_keys={'.A_logs': dict(decay_mult=0.0),
-                                    '.Ds': dict(decay_mult=0.0)}),
+    paramwise_cfg={{_base_.mamba_no_decay}},
     clip_grad=dict(max_norm=5.0),
 )
 max_epochs = 16

@@ -1,15 +1,11 @@
 # 300 epochs, AdamW lr 1e-3 at total batch 1024 (5e-4 per 512), weight decay 0.05, 20 warm-up
 # epochs from 5e-7, cosine to 5e-6, gradient clipping 5.0, EMA 0.9999.
-# No weight decay on 1-D parameters (norms, biases, Ds) nor on A_logs (Mamba's rule; the authors'
-# code decays A_logs: set custom_keys={} to follow them exactly).
+# Weight decay as in the authors' code: none on 1-D parameters (norms, Ds) and biases; every
+# other parameter decayed, A_logs and dt_projs_bias included (Mamba's rule also spares A_logs:
+# mamba_no_decay.py).
 optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999)),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.0,
-        bias_decay_mult=0.0,
-        flat_decay_mult=0.0,
-        custom_keys={'.A_logs': dict(decay_mult=0.0), '.Ds': dict(decay_mult=0.0)},
-    ),
+    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0),
     clip_grad=dict(max_norm=5.0),
 )
 param_scheduler = [
