@@ -122,7 +122,7 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
                    K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr,
                    SAVE_STATES: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
                    PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr, BLOCK_C: tl.constexpr,
-                BLOCK_L: tl.constexpr):
+                   BLOCK_L: tl.constexpr):
     """Direction K of the forward; REV: walk it as direction K - 2 backwards (chunks last to
     first, each scanned in reverse)."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
@@ -256,7 +256,7 @@ def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
                         dB_ptr, dC_ptr, dD_ptr, CH, H, W, L, R, NCH, NCB,
                         HAS_D: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
                         PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr, BLOCK_C: tl.constexpr,
-                BLOCK_L: tl.constexpr):
+                        BLOCK_L: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -393,8 +393,8 @@ class SS2DScanN1Function(torch.autograd.Function):
         cols_t = merged and cols_t
         project_first = merged and project_first
         save = any(ctx.needs_input_grad)
-        dt_src = (_projected_dt(dt_low, dt_weight, height, width, cols_t) if project_first else
-                  dt_low)
+        dt_src = (_projected_dt(dt_weight, _dt_low_in_walk_order(dt_low, height, width, cols_t))
+                  if project_first else dt_low)
         y, yt, states = _launch_forward(x, xt, dt_src, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                         width, merged, cols_t, save, project_first,
                                         cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
@@ -429,7 +429,7 @@ class SS2DScanN1Function(torch.autograd.Function):
         # dt_low in the order of the map each direction walks (column-major for the transposed
         # column directions), as d(pre-activation) comes back
         dt_in_order = _dt_low_in_walk_order(dt_low, height, width, cols_t)
-        dt_src = torch.matmul(dt_weight.float(), dt_in_order) if project_first else dt_low
+        dt_src = _projected_dt(dt_weight, dt_in_order) if project_first else dt_low
         dx, dxt, dpre, dbias, dA, dB, dC, dD = _launch_backward(
             x, xt, dt_src, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height, width,
             merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
@@ -454,13 +454,12 @@ def _dt_low_in_walk_order(dt_low, height, width, cols_t):
     return _odd_directions_by_column(dt, height, width) if cols_t else dt
 
 
-def _projected_dt(dt_low, dt_weight, height, width, cols_t):
+def _projected_dt(dt_weight, dt_in_order):
     """delta's pre-activation without its bias, w[k] dt_low[b, k]: (batch, 4, C, L) float32 in
-    the order of the map each direction reads (so the kernel loads it like x). One batched float32
-    GEMM, outside autocast."""
-    with torch.autocast(dt_low.device.type, enabled=False):
-        return torch.matmul(dt_weight.float(), _dt_low_in_walk_order(dt_low, height, width,
-                                                                     cols_t))
+    the order of the map each direction reads (``dt_in_order`` from :func:`_dt_low_in_walk_order`,
+    so the kernel loads it like x). One batched float32 GEMM, outside autocast."""
+    with torch.autocast(dt_in_order.device.type, enabled=False):
+        return torch.matmul(dt_weight.float(), dt_in_order)
 
 
 def _odd_directions_by_column(t, height, width):

@@ -13,8 +13,8 @@ legitimately runs in, per tensor: under autocast, autocast vs float32; in float3
 difference is at most ``--tol`` or twice that spread (a compiled graph may round differently,
 but not worse than the eager model's own precision change). Exit status 1 when one does not.
 """
-import contextlib
 import argparse
+import contextlib
 import copy
 import sys
 
