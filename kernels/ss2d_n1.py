@@ -15,7 +15,8 @@ What else differs, each measured on the H100 (docs/kernels.md):
   ``reverse=True``, so their loads are contiguous like the forward directions'.
 * On maps of >= 512 positions the column directions (1, 3) read a transposed copy of x and write
   a transposed output (the caller transposes, and sums y + yt^T); strided column walks cost more
-  than half the time at 56 x 56. The few dt_low / Bs / Cs rows are still read with a stride.
+  than half the time at 56 x 56. Their dt_low / Bs / Cs rows are passed column-major too (a
+  small copy), so that no access walks a row-major array by column.
 * The backward solves g_t = C_t dy_t + a_{t+1} g_{t+1} with a 3-tuple combine
   (:func:`_combine_grad`) instead of shifting the decay by one step, and writes d(delta
   pre-activation) so that the dt projection's two gradients are batched GEMMs in the caller
@@ -56,12 +57,12 @@ def _combine_grad(g_first, p_first, a_first, g_then, p_then, a_then):
 
 
 @triton.jit
-def _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R,
-              PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr, BLOCK_C: tl.constexpr,
+def _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R: tl.constexpr,
+              PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
               BLOCK_L: tl.constexpr):
     """u and delta's pre-activation for one chunk, in scan order (x at offsets s, the dt_low
-    rows at sp), the projection as R rank-1 updates, R_UNROLL (a divisor of R) at a time,
-    unrolled so that their loads issue together; PRE_GIVEN: dtl_base holds the projection
+    rows at sp), the projection as R rank-1 updates (R is a compile-time constant: unrolled,
+    their loads issue together); PRE_GIVEN: dtl_base holds the projection
     w dt_low itself, (C, L) float32 in the walked map's order like x (read at s)."""
     m2 = cm[:, None] & tm[None, :]
     u = tl.load(x_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
@@ -69,16 +70,16 @@ def _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R,
         pre = tl.load(dtl_base + c[:, None] * L + s[None, :], mask=m2, other=0.)
         return u, pre + bias[:, None]
     pre = tl.zeros((BLOCK_C, BLOCK_L), tl.float32) + bias[:, None]
-    for r0 in range(0, R, R_UNROLL):
-        for j in tl.static_range(R_UNROLL):
-            w_r = tl.load(w_ptr + kc * R + r0 + j, mask=cm, other=0.).to(tl.float32)
-            dt_r = tl.load(dtl_base + (r0 + j) * L + sp, mask=tm, other=0.).to(tl.float32)
-            pre += w_r[:, None] * dt_r[None, :]
+    for r in tl.static_range(R):
+        w_r = tl.load(w_ptr + kc * R + r, mask=cm, other=0.).to(tl.float32)
+        dt_r = tl.load(dtl_base + r * L + sp, mask=tm, other=0.).to(tl.float32)
+        pre += w_r[:, None] * dt_r[None, :]
     return u, pre
 
 
 @triton.jit
-def _direction_inputs(dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R,
+def _direction_inputs(dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L,
+                      R: tl.constexpr,
                       NCH, K: tl.constexpr, HAS_D: tl.constexpr, PRE_GIVEN: tl.constexpr):
     """Direction K's per-channel parameters (A, dt bias, D: zeros without D) and the bases of
     its dt_low (or, PRE_GIVEN, projected dt) / Bs / Cs rows and saved chunk states."""
@@ -96,8 +97,9 @@ def _direction_inputs(dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, 
 
 @triton.jit
 def _chunk_step(x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch,
-                K: tl.constexpr, H, W, L, R, MERGED: tl.constexpr, COLS_T: tl.constexpr,
-                PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr, BLOCK_C: tl.constexpr,
+                K: tl.constexpr, H, W, L, R: tl.constexpr, MERGED: tl.constexpr,
+                COLS_T: tl.constexpr,
+                PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
                 BLOCK_L: tl.constexpr):
     """What the forward and the backward both compute for chunk ``ch`` of direction K: the step
     indices and masks, the offsets in the map walked (s) and in the row-major dt_low / Bs / Cs
@@ -106,9 +108,10 @@ def _chunk_step(x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, l
     tm = t < L
     m2 = cm[:, None] & tm[None, :]
     s = _scan_index(t, K, H, W, MERGED and not COLS_T)  # in the map read / written
-    sp = _scan_index(t, K, H, W, MERGED)  # in the row-major dt_low, Bs, Cs
+    # in dt_low, Bs, Cs: row-major, or in walk order like the map when COLS_T
+    sp = s if COLS_T else _scan_index(t, K, H, W, MERGED)
     u, pre = _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R, PRE_GIVEN,
-                       R_UNROLL, BLOCK_C, BLOCK_L)
+                       BLOCK_C, BLOCK_L)
     bv = tl.load(bs_base + sp, mask=tm, other=0.).to(tl.float32)
     cv = tl.load(cs_base + sp, mask=tm, other=0.).to(tl.float32)
     delta = _softplus(pre)
@@ -118,10 +121,10 @@ def _chunk_step(x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, l
 
 @triton.jit
 def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
-                   yt_ptr, hs_ptr, b, c, cm, lt, CH, H, W, L, R, NCH,
+                   yt_ptr, hs_ptr, b, c, cm, lt, CH, H, W, L, R: tl.constexpr, NCH,
                    K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr,
                    SAVE_STATES: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
-                   PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr, BLOCK_C: tl.constexpr,
+                   PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_L: tl.constexpr):
     """Direction K of the forward; REV: walk it as direction K - 2 backwards (chunks last to
     first, each scanned in reverse)."""
@@ -137,7 +140,7 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
         ch = (NCH - 1 - i) if REV else i
         tm, m2, s, u, pre, bv, cv, delta, decay = _chunk_step(
             x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch, K, H, W, L, R,
-            MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
+            MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
         inp = delta * u * bv[None, :]
         if SAVE_STATES:
             tl.store(hs_base + ch, h, mask=cm)
@@ -156,38 +159,38 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
 
 @triton.jit
 def _ss2d_fwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
-                        y_ptr, yt_ptr, hs_ptr, CH, H, W, L, R, NCH,
+                        y_ptr, yt_ptr, hs_ptr, CH, H, W, L, R: tl.constexpr, NCH,
                         HAS_D: tl.constexpr, SAVE_STATES: tl.constexpr, MERGED: tl.constexpr,
-                        COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr,
-                        BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+                        COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
+                        BLOCK_L: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < CH
     lt = tl.arange(0, BLOCK_L)
     args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, yt_ptr,
-            hs_ptr, b, c, cm, lt, CH, H, W, L, R, NCH)
+            hs_ptr, b, c, cm, lt, CH, H, W, L)
     # each direction may add into what the previous ones wrote, from other threads: barriers
-    _fwd_direction(*args, 0, False, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN, R_UNROLL,
+    _fwd_direction(*args, R, NCH, 0, False, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
                    BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _fwd_direction(*args, 1, False, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN, R_UNROLL,
+    _fwd_direction(*args, R, NCH, 1, False, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
                    BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _fwd_direction(*args, 2, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN, R_UNROLL,
+    _fwd_direction(*args, R, NCH, 2, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
                    BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _fwd_direction(*args, 3, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN, R_UNROLL,
+    _fwd_direction(*args, R, NCH, 3, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
                    BLOCK_C, BLOCK_L)
 
 
 @triton.jit
 def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr,
                    dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr,
-                   dD_ptr, b, pid_c, c, cm, lt, CH, H, W, L, R, NCH, NCB,
+                   dD_ptr, b, pid_c, c, cm, lt, CH, H, W, L, R: tl.constexpr, NCH, NCB,
                    K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr, MERGED: tl.constexpr,
-                   COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr,
-                   BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+                   COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
+                   BLOCK_L: tl.constexpr):
     """Direction K of the backward (REV as in :func:`_fwd_direction`); chunks in the opposite
     order to the forward."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
@@ -208,7 +211,7 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
         ch = i if REV else NCH - 1 - i
         tm, m2, s, u, pre, bv, cv, delta, decay = _chunk_step(
             x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch, K, H, W, L, R,
-            MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
+            MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
         dy = tl.load(dy_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
         du_in = delta * u
         inp = du_in * bv[None, :]
@@ -253,9 +256,9 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
 @triton.jit
 def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
                         hs_ptr, dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr,
-                        dB_ptr, dC_ptr, dD_ptr, CH, H, W, L, R, NCH, NCB,
+                        dB_ptr, dC_ptr, dD_ptr, CH, H, W, L, R: tl.constexpr, NCH, NCB,
                         HAS_D: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
-                        PRE_GIVEN: tl.constexpr, R_UNROLL: tl.constexpr, BLOCK_C: tl.constexpr,
+                        PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
                         BLOCK_L: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -264,15 +267,15 @@ def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
     lt = tl.arange(0, BLOCK_L)
     args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr, dy_ptr,
             dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, b,
-            pid_c, c, cm, lt, CH, H, W, L, R, NCH, NCB)
+            pid_c, c, cm, lt, CH, H, W, L)
     # each direction may add into the dx that the previous ones wrote, from other threads
-    _bwd_direction(*args, 0, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, R, NCH, NCB, 0, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, 1, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, R, NCH, NCB, 1, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, 2, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, R, NCH, NCB, 2, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, 3, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, R_UNROLL, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, R, NCH, NCB, 3, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
 
 
 def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_block_c=None,
@@ -293,13 +296,6 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
             raise ValueError(f'{name} must be a power of two, got {value}')
     return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw),
             dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw))
-
-
-def _rank_unroll(rank):
-    """Rank-1 updates per unrolled step of the in-kernel dt projection: 8 for ranks that are
-    multiples of 8 (on the H100 unrolling cut VMamba-B's scan by 5-12%, but slowed VMamba-T's
-    ranks 6 and 12 unrolled 2 and 4 at a time by ~5%), otherwise 1."""
-    return 8 if rank % 8 == 0 else 1
 
 
 def _forward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
@@ -329,8 +325,8 @@ def _launch_forward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.T
         x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
         D if D is not None else A, y, yt if cols_t else y, states, channels, height, width,
         length, rank, triton.cdiv(length, block_l), HAS_D=D is not None, SAVE_STATES=save,
-        MERGED=merged, COLS_T=cols_t, PRE_GIVEN=pre_given, R_UNROLL=_rank_unroll(rank),
-        BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
+        MERGED=merged, COLS_T=cols_t, PRE_GIVEN=pre_given, BLOCK_C=block_c, BLOCK_L=block_l,
+        num_warps=num_warps)
     return y, yt, states
 
 
@@ -369,8 +365,7 @@ def _launch_backward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.
         D if D is not None else A, states, dy, dyt if cols_t else dy, dx,
         dxt if cols_t else dx, dpre, dbias, dA, dB, dC, dD, channels, height, width, length,
         rank, n_chunks, n_cblocks, HAS_D=D is not None, MERGED=merged, COLS_T=cols_t,
-        PRE_GIVEN=pre_given, R_UNROLL=_rank_unroll(rank), BLOCK_C=block_c, BLOCK_L=block_l,
-        num_warps=num_warps)
+        PRE_GIVEN=pre_given, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
     return dx, dxt, dpre, dbias, dA, dB, dC, dD
 
 
@@ -379,7 +374,7 @@ class SS2DScanN1Function(torch.autograd.Function):
 
     merged=True: ``x`` is the (batch, C, H, W) map, dt_low, Bs, Cs (batch, 4, ., L) row-major.
     With ``cols_t``, ``xt`` is x's transpose (batch, C, W, H), contiguous, which the column
-    directions read (they read the small dt_low / Bs / Cs rows with a stride); returns (y, yt)
+    directions read (with their dt_low / Bs / Cs rows copied column-major); returns (y, yt)
     float32, the sums of directions 0 + 2 as (batch, C, H, W) and of 1 + 3 as (batch, C, W, H).
     Without ``cols_t`` the column directions walk x with a stride too (``xt`` is None: dynamo
     cannot trace the same tensor passed twice) and y holds all four directions; yt is empty.
@@ -393,11 +388,14 @@ class SS2DScanN1Function(torch.autograd.Function):
         cols_t = merged and cols_t
         project_first = merged and project_first
         save = any(ctx.needs_input_grad)
-        dt_src = (_projected_dt(dt_weight, _dt_low_in_walk_order(dt_low, height, width, cols_t))
-                  if project_first else dt_low)
-        y, yt, states = _launch_forward(x, xt, dt_src, dt_weight, dt_bias, A, Bs, Cs, D, height,
-                                        width, merged, cols_t, save, project_first,
-                                        cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
+        if project_first:
+            dt_src = _projected_dt(dt_weight, _dt_low_in_walk_order(dt_low, height, width, cols_t))
+        else:
+            dt_src = _rows_in_walk_order(dt_low, height, width, cols_t)
+        y, yt, states = _launch_forward(
+            x, xt, dt_src, dt_weight, dt_bias, A, _rows_in_walk_order(Bs, height, width, cols_t),
+            _rows_in_walk_order(Cs, height, width, cols_t), D, height, width, merged, cols_t,
+            save, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
         del dt_src
         if not cols_t:
             ctx.mark_non_differentiable(yt)
@@ -429,9 +427,10 @@ class SS2DScanN1Function(torch.autograd.Function):
         # dt_low in the order of the map each direction walks (column-major for the transposed
         # column directions), as d(pre-activation) comes back
         dt_in_order = _dt_low_in_walk_order(dt_low, height, width, cols_t)
-        dt_src = _projected_dt(dt_weight, dt_in_order) if project_first else dt_low
+        dt_src = _projected_dt(dt_weight, dt_in_order) if project_first else dt_in_order
         dx, dxt, dpre, dbias, dA, dB, dC, dD = _launch_backward(
-            x, xt, dt_src, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height, width,
+            x, xt, dt_src, dt_weight, dt_bias, A, _rows_in_walk_order(Bs, height, width, cols_t),
+            _rows_in_walk_order(Cs, height, width, cols_t), D, states, dy, dyt, height, width,
             merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
         del dt_src
         # the rank-R dt projection's gradients are two batched GEMMs on d(pre-activation):
@@ -447,11 +446,18 @@ class SS2DScanN1Function(torch.autograd.Function):
                 dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 7
 
 
+def _rows_in_walk_order(rows, height, width, cols_t):
+    """(batch, 4, ., L) rows (dt_low, Bs, Cs) in the order of the map each direction reads:
+    row-major, but the column directions' rows column-major when they read the transposed map
+    (``cols_t``). A copy of a few rows: the kernels then read every row contiguously, where
+    column walks of the row-major rows touched one 32-byte sector per element (at 56 x 56 the
+    forward was bound by L1 traffic, ncu: 86% of L1 throughput)."""
+    return _odd_directions_by_column(rows, height, width) if cols_t else rows
+
+
 def _dt_low_in_walk_order(dt_low, height, width, cols_t):
-    """dt_low as float32 in the order of the map each direction reads: row-major, but the
-    column directions' rows column-major when they read the transposed map (``cols_t``)."""
-    dt = dt_low.float()
-    return _odd_directions_by_column(dt, height, width) if cols_t else dt
+    """dt_low as float32 in walk order (:func:`_rows_in_walk_order`)."""
+    return _rows_in_walk_order(dt_low.float(), height, width, cols_t)
 
 
 def _projected_dt(dt_weight, dt_in_order):
@@ -487,7 +493,7 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
 
     On large maps (``transpose_columns`` None: H * W >= ``TRANSPOSE_FROM_LENGTH``) the column
     directions (1, 3) read a transposed copy of the map and write a transposed output, so every
-    access to the map is contiguous (only the few dt_low / Bs / Cs rows are read with a stride);
+    access to the map is contiguous (their few dt_low / Bs / Cs rows are copied column-major);
     the two transposes (the map, the final sum) are torch ops whose gradients autograd handles.
     On the H100 at 56 x 56 this halves the forward (docs/kernels.md); on small maps the strided
     walk stays in cache and the copies would cost more than they save.

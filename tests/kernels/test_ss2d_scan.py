@@ -79,9 +79,9 @@ def test_triton_d_state_1_both_column_walks_match_reference(shape, transpose_col
                                                             project_first):
     # d_state 1 has kernels of its own: chunks of 16 steps (carries forwards and backwards, the
     # reversed directions walked chunk by chunk from the end), 2-5 channel blocks in the forward
-    # and a different block in the backward, column directions strided or transposed, the dt
-    # projection in the kernels (rank 8: unrolled 8 rank-1 updates at a time) or a GEMM before
-    # them
+    # and a different block in the backward, column directions strided or transposed (with
+    # their dt_low / Bs / Cs rows then copied column-major), the dt projection in the kernels
+    # (rank 8: unrolled) or a GEMM before them
     fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
         **kw, block_c=2, block_l=16, bwd_block_c=4, transpose_columns=transpose_columns,
         project_first=project_first)
