@@ -9,9 +9,13 @@ kernels and LayerNorms are custom ops that the compiled graph calls as they are)
 
 What a difference is measured against: the eager model's own spread between two precisions it
 legitimately runs in, per tensor: under autocast, autocast vs float32; in float32, the default
-(cuDNN convolutions in TF32) vs TF32 switched off. A tensor passes when its compiled-vs-eager
-difference is at most ``--tol`` or twice that spread (a compiled graph may round differently,
-but not worse than the eager model's own precision change). Exit status 1 when one does not.
+(cuDNN convolutions in TF32) vs TF32 switched off. A tensor passes when the compiled value is
+within ``--tol`` or twice that spread of the more precise eager run: a compiled graph may round
+differently, but must not be further from the precise result than twice what the eager model's
+own precision costs. (Its distance to the eager run at the same precision is printed too: under
+fp16 autocast the small per-channel gradients, dt_projs_bias or A_logs, sums over every
+position, were measured 2-3x the spread away from it, old and new kernels alike, because the
+two runs round in different places.) Exit status 1 when one does not pass.
 """
 import argparse
 import contextlib
@@ -54,8 +58,9 @@ def tf32_disabled():
 def compare(model, x, amp, mode, tol):
     """Per tensor (the output, every parameter gradient): the relative difference between
     ``model`` and ``torch.compile(copy of model, mode=mode)``, the eager model's own precision
-    spread (module docstring) and whether the difference is within ``max(tol, 2 * spread)``.
-    Returns {name: (difference, spread, passed)}."""
+    spread (module docstring), whether the compiled value is within ``max(tol, 2 * spread)`` of
+    the more precise eager run, and its distance to that run.
+    Returns {name: (difference, spread, passed, distance to the precise run)}."""
     twin = copy.deepcopy(model)
     compiled = torch.compile(twin, mode=mode)
     out_ref, grads_ref = run(model, x, amp)
@@ -74,7 +79,8 @@ def compare(model, x, amp, mode, tol):
     for name, ref, other, got in [('output', out_ref, out_other, out)] + [
             (k, grads_ref[k], grads_other[k], grads[k]) for k in grads_ref]:
         diff, spread = relative_difference(ref, got), relative_difference(ref, other)
-        rows[name] = (diff, spread, diff <= max(tol, 2 * spread))
+        to_precise = relative_difference(other, got)
+        rows[name] = (diff, spread, to_precise <= max(tol, 2 * spread), to_precise)
     return rows
 
 
@@ -95,17 +101,22 @@ def main(argv=None):
         dtype = AMP_DTYPES[amp]
         torch._dynamo.reset()
         result = compare(model, x, dtype, args.mode, args.tol)
-        failed = sorted(k for k, (_, _, passed) in result.items() if not passed)
+        failed = sorted(k for k, (_, _, passed, _) in result.items() if not passed)
         ok &= not failed
-        out_diff, out_spread, _ = result['output']
+        out_diff, out_spread, _, _ = result['output']
         grad_name = max((k for k in result if k != 'output'), key=lambda k: result[k][0])
-        grad_diff, grad_spread, _ = result[grad_name]
+        grad_diff, grad_spread, _, _ = result[grad_name]
+        ratio_name = max(result, key=lambda k: result[k][3] / max(args.tol, 2 * result[k][1]))
+        ratio = result[ratio_name][3] / max(args.tol, 2 * result[ratio_name][1])
         spread_kind = 'autocast vs float32' if dtype is not None else 'TF32 vs float32'
         rows.append((amp, out_diff, grad_diff, grad_name, not failed))
         print(f'{args.config} [{args.mode}, autocast {amp}]: output {out_diff:.2e} (eager '
               f'{spread_kind}: {out_spread:.2e}), worst gradient {grad_diff:.2e} ({grad_name}; '
-              f'eager {spread_kind}: {grad_spread:.2e}), tolerance max({args.tol:.0e}, 2 x '
-              f'spread): ' + ('ok' if not failed else f'EXCEEDED by {", ".join(failed)}'),
+              f'eager {spread_kind}: {grad_spread:.2e}); distance to the precise eager run '
+              f'within max({args.tol:.0e}, 2 x spread): ' + (
+                  f'ok (closest to the bound: {ratio_name}, {ratio:.2f} of it)' if not failed
+                  else 'EXCEEDED by ' + ', '.join(
+                      f'{k} {result[k][3]:.2e} (spread {result[k][1]:.2e})' for k in failed)),
               flush=True)
     return rows, ok
 
