@@ -1,0 +1,140 @@
+"""Instructions per element of the d_state 1 scan kernels' chunk loop, from their sm_90 machine
+code (no GPU needed: Triton compiles for an H100 target, its bundled ``nvdisasm`` disassembles).
+
+Compiles the forward or backward kernel of ``kernels/ss2d_n1.py`` for one tile configuration (L
+and C marked divisible by 16, as a launch at 56 x 56 specialises them), finds the first chunk
+loop (the first direction's) and prints its instruction count per element of a tile, the most
+frequent opcodes and the source lines that cost most. A static count: an inner loop left in the
+chunk loop (a run-time bound) is counted once.
+
+    python tools/analysis/kernel_sass.py [--kernel fwd|bwd] [--block-c 8] [--block-l 64]
+        [--warps 4] [--rank 6] [--pre-given] [--strided-columns] [--lines 15]
+"""
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_scan import vk  # noqa: E402,F401  (imports vmamba_kernels from the checkout)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+import vmamba_kernels.ss2d_n1 as n1  # noqa: E402
+
+FWD_POINTERS = ('x_ptr', 'xt_ptr', 'dtl_ptr', 'w_ptr', 'bias_ptr', 'A_ptr', 'B_ptr', 'C_ptr',
+                'D_ptr', 'y_ptr', 'yt_ptr', 'hs_ptr')
+BWD_POINTERS = ('x_ptr', 'xt_ptr', 'dtl_ptr', 'w_ptr', 'bias_ptr', 'A_ptr', 'B_ptr', 'C_ptr',
+                'D_ptr', 'hs_ptr', 'dy_ptr', 'dyt_ptr', 'dx_ptr', 'dxt_ptr', 'dpre_ptr',
+                'dbias_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dD_ptr')
+BF16_POINTERS = ('x_ptr', 'xt_ptr', 'B_ptr', 'C_ptr')  # as under autocast
+
+
+def compile_kernel(args):
+    """The compiled kernel (Triton's CompiledKernel) for the configuration in ``args``."""
+    fn = n1._ss2d_fwd_n1_kernel if args.kernel == 'fwd' else n1._ss2d_bwd_n1_kernel
+    pointers = FWD_POINTERS if args.kernel == 'fwd' else BWD_POINTERS
+    signature = {name: '*bf16' if name in BF16_POINTERS else '*fp32' for name in pointers}
+    # dt_low is bf16 for the forward's in-kernel projection, float32 otherwise
+    signature['dtl_ptr'] = '*bf16' if args.kernel == 'fwd' and not args.pre_given else '*fp32'
+    scalars = ['CH', 'H', 'W', 'L', 'NCH'] + (['NCB'] if args.kernel == 'bwd' else [])
+    constants = dict(HAS_D=True, MERGED=True, COLS_T=not args.strided_columns,
+                     PRE_GIVEN=args.pre_given, BLOCK_C=args.block_c, BLOCK_L=args.block_l)
+    if args.kernel == 'fwd':
+        constants['SAVE_STATES'] = False
+    if 'R_UNROLL' in fn.arg_names:  # the kernels before the rank became a constant
+        scalars.append('R')
+        constants['R_UNROLL'] = 1
+    else:
+        constants['R'] = args.rank
+    signature.update({name: 'i32' for name in scalars})
+    signature.update({name: 'constexpr' for name in constants})
+    divisible = [name for name in signature if signature[name].startswith('*')] + ['L', 'CH']
+    source = ASTSource(
+        fn, signature, constexprs={(fn.arg_names.index(k), ): v for k, v in constants.items()},
+        attrs={(fn.arg_names.index(k), ): [['tt.divisibility', 16]] for k in divisible})
+    return triton.compile(source, target=GPUTarget('cuda', 90, 32),
+                          options=dict(num_warps=args.warps))
+
+
+def disassemble(cubin):
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin',
+                            'nvdisasm')
+    with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([nvdisasm, '-c', '-g', f.name], capture_output=True, text=True,
+                               check=True).stdout.split('\n')
+
+
+def first_chunk_loop(lines, min_length=150):
+    """(first, last) line of the first loop (a backward branch) longer than ``min_length``."""
+    labels = {m.group(1): i for i, line in enumerate(lines)
+              for m in [re.match(r'^(\.L_x_\d+):', line)] if m}
+    loops = [(labels[m.group(1)], i) for i, line in enumerate(lines)
+             for m in [re.search(r'BRA `\((\.L_x_\d+)\)', line)]
+             if m and m.group(1) in labels and labels[m.group(1)] < i]
+    long_loops = sorted(loop for loop in loops if loop[1] - loop[0] > min_length)
+    if not long_loops:
+        raise RuntimeError('no chunk loop found in the disassembly')
+    return long_loops[0]
+
+
+def count(lines, first, last):
+    """Opcode counts and counts per (file, line) of the instructions in lines[first:last+1]."""
+    opcodes, by_line, where = collections.Counter(), collections.Counter(), None
+    for line in lines[first:last + 1]:
+        m = re.search(r'File "(.*?)", line (\d+)', line)
+        if m:
+            where = (os.path.basename(m.group(1)), int(m.group(2)))
+            continue
+        m = re.search(r'/\*[0-9a-f]{4}\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_]+)', line)
+        if m:
+            opcodes[m.group(2)] += 1
+            by_line[where] += 1
+    return opcodes, by_line
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--kernel', choices=['fwd', 'bwd'], default='fwd')
+    parser.add_argument('--block-c', type=int, default=8)
+    parser.add_argument('--block-l', type=int, default=64)
+    parser.add_argument('--warps', type=int, default=4)
+    parser.add_argument('--rank', type=int, default=6)
+    parser.add_argument('--pre-given', action='store_true',
+                        help='the projection done before the kernel (ranks >= 16)')
+    parser.add_argument('--strided-columns', action='store_true',
+                        help='column directions walk the map with a stride (maps < 512)')
+    parser.add_argument('--lines', type=int, default=15, help='source lines to list')
+    args = parser.parse_args(argv)
+    if os.environ.get('TRITON_INTERPRET') == '1':
+        raise SystemExit('kernel_sass.py compiles the kernels: unset TRITON_INTERPRET (it is 1, '
+                         'which makes them interpreted Python)')
+    lines = disassemble(compile_kernel(args).asm['cubin'])
+    first, last = first_chunk_loop(lines)
+    opcodes, by_line = count(lines, first, last)
+    total = sum(opcodes.values())
+    per_thread = args.block_c * args.block_l / (32 * args.warps)
+    print(f'{args.kernel} {args.block_c}x{args.block_l}, {args.warps} warps, rank {args.rank}: '
+          f'first chunk loop {total} instructions, {total / per_thread:.1f} per element '
+          f'({per_thread:g} elements per thread)')
+    print('opcodes: ' + ', '.join(f'{k} {v}' for k, v in opcodes.most_common(14)))
+    sources = {}
+    for (name, number), n in by_line.most_common(args.lines):
+        path = os.path.join(os.path.dirname(n1.__file__), name)
+        if path not in sources:
+            sources[path] = open(path).read().split('\n') if os.path.exists(path) else []
+        text = sources[path][number - 1].strip() if number <= len(sources[path]) else ''
+        print(f'{n:5d}  {name}:{number}  {text[:80]}')
+    return total / per_thread
+
+
+if __name__ == '__main__':
+    main()
