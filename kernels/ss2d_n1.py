@@ -58,12 +58,11 @@ def _combine_grad(g_first, p_first, a_first, g_then, p_then, a_then):
 
 @triton.jit
 def _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R: tl.constexpr,
-              PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
-              BLOCK_L: tl.constexpr):
+              PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """u and delta's pre-activation for one chunk, in scan order (x at offsets s, the dt_low
     rows at sp), the projection as R rank-1 updates (R is a compile-time constant: unrolled,
-    their loads issue together); PRE_GIVEN: dtl_base holds the projection
-    w dt_low itself, (C, L) float32 in the walked map's order like x (read at s)."""
+    their loads issue together); PRE_GIVEN: dtl_base holds the projection w dt_low itself,
+    (C, L) float32 in the walked map's order like x (read at s)."""
     m2 = cm[:, None] & tm[None, :]
     u = tl.load(x_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
     if PRE_GIVEN:
@@ -79,8 +78,8 @@ def _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R: tl.cons
 
 @triton.jit
 def _direction_inputs(dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L,
-                      R: tl.constexpr,
-                      NCH, K: tl.constexpr, HAS_D: tl.constexpr, PRE_GIVEN: tl.constexpr):
+                      R: tl.constexpr, NCH, K: tl.constexpr, HAS_D: tl.constexpr,
+                      PRE_GIVEN: tl.constexpr):
     """Direction K's per-channel parameters (A, dt bias, D: zeros without D) and the bases of
     its dt_low (or, PRE_GIVEN, projected dt) / Bs / Cs rows and saved chunk states."""
     kc = K * CH + c
@@ -98,12 +97,12 @@ def _direction_inputs(dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, 
 @triton.jit
 def _chunk_step(x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch,
                 K: tl.constexpr, H, W, L, R: tl.constexpr, MERGED: tl.constexpr,
-                COLS_T: tl.constexpr,
-                PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
+                COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
                 BLOCK_L: tl.constexpr):
     """What the forward and the backward both compute for chunk ``ch`` of direction K: the step
-    indices and masks, the offsets in the map walked (s) and in the row-major dt_low / Bs / Cs
-    rows (sp), u, delta's pre-activation, delta, the B and C rows and the decay (1 past L)."""
+    indices and masks, the offsets in the map walked (s) and in the dt_low / Bs / Cs rows (sp:
+    row-major, or walk order when the column directions read the transposed map), u, delta's
+    pre-activation, delta, the B and C rows and the decay (1 past L)."""
     t = ch * BLOCK_L + lt
     tm = t < L
     m2 = cm[:, None] & tm[None, :]
@@ -269,13 +268,17 @@ def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
             dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, b,
             pid_c, c, cm, lt, CH, H, W, L)
     # each direction may add into the dx that the previous ones wrote, from other threads
-    _bwd_direction(*args, R, NCH, NCB, 0, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, R, NCH, NCB, 0, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C,
+                   BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, R, NCH, NCB, 1, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, R, NCH, NCB, 1, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C,
+                   BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, R, NCH, NCB, 2, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, R, NCH, NCB, 2, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C,
+                   BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, R, NCH, NCB, 3, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
+    _bwd_direction(*args, R, NCH, NCB, 3, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C,
+                   BLOCK_L)
 
 
 def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_block_c=None,

@@ -57,8 +57,8 @@ def _combine(a_left, b_left, a_right, b_right):
 def _log1p_unit(z):
     """log(1 + z) for 0 <= z <= 1, to a few float32 ulps also for tiny z: 2 atanh(s) with
     s = z / (2 + z) <= 1/3, summed as its series up to s^15 (the first term left out is below
-    2e-9 of the sum). ~12 instructions; tl.log is a ~25-instruction software logarithm (the
-    hardware's lg2.approx is not accurate near 1) and an IEEE division more."""
+    2e-9 of the sum). ~12 instructions where log(w) * z / (w - 1) took ~35: tl.log is a
+    software logarithm (the hardware's lg2.approx is not accurate near 1)."""
     s = tl.fdiv(z, 2.0 + z)
     s2 = s * s
     p = s2 * (1.0 / 15.0) + (1.0 / 13.0)

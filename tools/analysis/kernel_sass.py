@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_scan import vk  # noqa: E402,F401  (imports vmamba_kernels from the checkout)
+import benchmark_scan  # noqa: E402,F401  (imports vmamba_kernels from the checkout)
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
