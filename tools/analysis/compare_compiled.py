@@ -55,11 +55,16 @@ def tf32_disabled():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def allowed(spread, tol):
+    """The largest distance to the precise eager run a compiled tensor may have."""
+    return max(tol, 2 * spread)
+
+
 def compare(model, x, amp, mode, tol):
     """Per tensor (the output, every parameter gradient): the relative difference between
     ``model`` and ``torch.compile(copy of model, mode=mode)``, the eager model's own precision
-    spread (module docstring), whether the compiled value is within ``max(tol, 2 * spread)`` of
-    the more precise eager run, and its distance to that run.
+    spread (module docstring), whether the compiled value is within :func:`allowed` of the more
+    precise eager run, and its distance to that run.
     Returns {name: (difference, spread, passed, distance to the precise run)}."""
     twin = copy.deepcopy(model)
     compiled = torch.compile(twin, mode=mode)
@@ -80,7 +85,7 @@ def compare(model, x, amp, mode, tol):
             (k, grads_ref[k], grads_other[k], grads[k]) for k in grads_ref]:
         diff, spread = relative_difference(ref, got), relative_difference(ref, other)
         to_precise = relative_difference(other, got)
-        rows[name] = (diff, spread, to_precise <= max(tol, 2 * spread), to_precise)
+        rows[name] = (diff, spread, to_precise <= allowed(spread, tol), to_precise)
     return rows
 
 
@@ -106,16 +111,17 @@ def main(argv=None):
         out_diff, out_spread, _, _ = result['output']
         grad_name = max((k for k in result if k != 'output'), key=lambda k: result[k][0])
         grad_diff, grad_spread, _, _ = result[grad_name]
-        ratio_name = max(result, key=lambda k: result[k][3] / max(args.tol, 2 * result[k][1]))
-        ratio = result[ratio_name][3] / max(args.tol, 2 * result[ratio_name][1])
+        shares = {k: to_precise / allowed(spread, args.tol)
+                  for k, (_, spread, _, to_precise) in result.items()}
+        ratio_name = max(shares, key=shares.get)
         spread_kind = 'autocast vs float32' if dtype is not None else 'TF32 vs float32'
         rows.append((amp, out_diff, grad_diff, grad_name, not failed))
         print(f'{args.config} [{args.mode}, autocast {amp}]: output {out_diff:.2e} (eager '
               f'{spread_kind}: {out_spread:.2e}), worst gradient {grad_diff:.2e} ({grad_name}; '
               f'eager {spread_kind}: {grad_spread:.2e}); distance to the precise eager run '
               f'within max({args.tol:.0e}, 2 x spread): ' + (
-                  f'ok (closest to the bound: {ratio_name}, {ratio:.2f} of it)' if not failed
-                  else 'EXCEEDED by ' + ', '.join(
+                  f'ok (closest to the bound: {ratio_name}, {shares[ratio_name]:.2f} of it)'
+                  if not failed else 'EXCEEDED by ' + ', '.join(
                       f'{k} {result[k][3]:.2e} (spread {result[k][1]:.2e})' for k in failed)),
               flush=True)
     return rows, ok

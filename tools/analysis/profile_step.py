@@ -79,9 +79,7 @@ def main(argv=None):
     for event in prof.key_averages():
         if event.device_type == torch.autograd.DeviceType.CPU:
             continue  # operators (--by-op): their device time is their kernels'
-        device_us = getattr(event, 'device_time_total', None)
-        if device_us is None:
-            device_us = event.cuda_time_total
+        device_us = _device_us(event)
         if device_us > 0:
             totals[event.key] = totals.get(event.key, 0.0) + device_us
     step_us = sum(totals.values()) / args.steps
@@ -101,15 +99,21 @@ def main(argv=None):
         print_operators(prof, args.steps, step_us, args.top)
 
 
+def _device_us(event, own=False):
+    """An event's device time (``own``: of the kernels it launched itself), in microseconds:
+    ``device_time_total`` in current torch, ``cuda_time_total`` in older releases."""
+    prefix = 'self_' if own else ''
+    value = getattr(event, prefix + 'device_time_total', None)
+    return value if value is not None else getattr(event, prefix + 'cuda_time_total')
+
+
 def print_operators(prof, steps, step_us, top):
     """Operators by the device time of the kernels they launched themselves, per input shape."""
     rows = []
     for event in prof.key_averages(group_by_input_shape=True):
         if event.device_type != torch.autograd.DeviceType.CPU:
             continue
-        own_us = getattr(event, 'self_device_time_total', None)
-        if own_us is None:
-            own_us = event.self_cuda_time_total
+        own_us = _device_us(event, own=True)
         if own_us > 0:
             rows.append((own_us, event.key, event.count // steps, str(event.input_shapes)))
     print(f'\n| operator (top {top}) | calls / step | ms / step | share | input shapes |\n'
