@@ -5,8 +5,9 @@ memory three times in the forward and again in the backward, and under autocast 
 output is cast again by the next layer. One program here owns (batch b, BLOCK_P positions) and
 all C channels: it reads the (C, BLOCK_P) tile once (each channel row contiguous over positions),
 normalises over C in float32 and writes the result once, in the requested dtype. The backward
-reads x and dy once, writes dx, and reduces d weight / d bias through per-program partial rows
-summed in a fixed order (deterministic, no atomics).
+loops over the channels twice (x and dy read twice, the second time mostly from cache), writes
+dx, and reduces d weight / d bias through per-program partial rows summed in a fixed order
+(deterministic, no atomics).
 """
 from typing import Tuple
 
@@ -54,31 +55,66 @@ def _ln2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, C, P, eps, 
 @triton.jit
 def _ln2d_bwd_kernel(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, C, P,
                      NPB, sxc, sxp, syc, syp, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    pid_p, b, c, p, cm, pm, m2 = _tile(C, P, BLOCK_C, BLOCK_P)
+    """Two passes over the channels, BLOCK_C at a time: the first sums the per-position terms
+    of dx (and writes this program's d weight / d bias partial rows), the second writes dx. x
+    and dy are read twice (the second time mostly from cache): a whole-channel tile per program
+    held ~200 registers per thread at 1024 channels, one program per SM, and ran at 5x the
+    byte floor (docs/kernels.md)."""
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = p < P
     base = b * C * P
-    x_offs = base + c[:, None] * sxc + p[None, :] * sxp  # dx has x's layout
-    x = tl.load(x_ptr + x_offs, mask=m2, other=0.).to(tl.float32)
-    dy = tl.load(dy_ptr + base + c[:, None] * syc + p[None, :] * syp, mask=m2,
-                 other=0.).to(tl.float32)
     mean = tl.load(mean_ptr + b * P + p, mask=pm, other=0.)
     rstd = tl.load(rstd_ptr + b * P + p, mask=pm, other=0.)
-    w = tl.load(w_ptr + c, mask=cm, other=0.).to(tl.float32)
-    xhat = tl.where(m2, (x - mean[None, :]) * rstd[None, :], 0.)
-    wdy = dy * w[:, None]
-    c1 = tl.sum(xhat * wdy, 0) / C
-    c2 = tl.sum(wdy, 0) / C
-    dx = (wdy - xhat * c1[None, :] - c2[None, :]) * rstd[None, :]
-    tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=m2)
-    row = (b * NPB + pid_p) * C + c
-    tl.store(dw_ptr + row, tl.sum(dy * xhat, 1), mask=cm)
-    tl.store(db_ptr + row, tl.sum(dy, 1), mask=cm)
+    sum_xhat_wdy = tl.zeros((BLOCK_P, ), tl.float32)
+    sum_wdy = tl.zeros((BLOCK_P, ), tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        cm = c < C
+        m2 = cm[:, None] & pm[None, :]
+        x = tl.load(x_ptr + base + c[:, None] * sxc + p[None, :] * sxp, mask=m2,
+                    other=0.).to(tl.float32)
+        dy = tl.load(dy_ptr + base + c[:, None] * syc + p[None, :] * syp, mask=m2,
+                     other=0.).to(tl.float32)
+        w = tl.load(w_ptr + c, mask=cm, other=0.).to(tl.float32)
+        xhat = tl.where(m2, (x - mean[None, :]) * rstd[None, :], 0.)
+        wdy = dy * w[:, None]
+        sum_xhat_wdy += tl.sum(xhat * wdy, 0)
+        sum_wdy += tl.sum(wdy, 0)
+        row = (b * NPB + pid_p) * C + c
+        tl.store(dw_ptr + row, tl.sum(dy * xhat, 1), mask=cm)
+        tl.store(db_ptr + row, tl.sum(dy, 1), mask=cm)
+    c1 = sum_xhat_wdy / C
+    c2 = sum_wdy / C
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        cm = c < C
+        m2 = cm[:, None] & pm[None, :]
+        x_offs = base + c[:, None] * sxc + p[None, :] * sxp  # dx has x's layout
+        x = tl.load(x_ptr + x_offs, mask=m2, other=0.).to(tl.float32)
+        dy = tl.load(dy_ptr + base + c[:, None] * syc + p[None, :] * syp, mask=m2,
+                     other=0.).to(tl.float32)
+        w = tl.load(w_ptr + c, mask=cm, other=0.).to(tl.float32)
+        xhat = (x - mean[None, :]) * rstd[None, :]
+        dx = (dy * w[:, None] - xhat * c1[None, :] - c2[None, :]) * rstd[None, :]
+        tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=m2)
 
 
 def _tiles(channels):
-    """All channels x BLOCK_P positions (at least 16: 64-byte rows), ~32 elements per thread."""
+    """The forward's tile: all channels x BLOCK_P positions (at least 16: 64-byte rows), ~32
+    elements per thread."""
     block_c = triton.next_power_of_2(channels)
     block_p = max(16, min(128, 4096 // block_c))
     return block_c, block_p, max(4, min(16, block_c * block_p // 1024))
+
+
+def _bwd_tiles(channels, positions):
+    """The backward's tile: BLOCK_C channels per step of its loops x BLOCK_P positions, and
+    warps. (64, 64, 4) was best or within ~7% of the best at every VMamba-B training shape on
+    the H100 (``tools/analysis/experiments/ln2d_tiles.py``)."""
+    return (min(64, triton.next_power_of_2(channels)),
+            min(64, max(16, triton.next_power_of_2(positions))), 4)
 
 
 def _layout_strides(t):
@@ -123,7 +159,8 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: flo
 def _backward_outputs(x, weight, mean, rstd, dy):
     """Empty dx (x's layout) and the d weight / d bias partial rows (also the fake
     implementation)."""
-    n_rows = x.shape[0] * triton.cdiv(x.shape[2] * x.shape[3], _tiles(x.shape[1])[1])
+    positions = x.shape[2] * x.shape[3]
+    n_rows = x.shape[0] * triton.cdiv(positions, _bwd_tiles(x.shape[1], positions)[1])
     partials = x.new_empty((n_rows, x.shape[1]), dtype=torch.float32)
     return torch.empty_like(x), partials, torch.empty_like(partials)
 
@@ -134,7 +171,7 @@ def _backward(x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: t
     """One launch; returns dx (in x's layout) and per-block partial sums of d weight, d bias."""
     batch, channels = x.shape[:2]
     positions = x.shape[2] * x.shape[3]
-    block_c, block_p, warps = _tiles(channels)
+    block_c, block_p, warps = _bwd_tiles(channels, positions)
     n_blocks = triton.cdiv(positions, block_p)
     dx, dw, db = _backward_outputs(x, weight, mean, rstd, dy)
     _ln2d_bwd_kernel[(n_blocks, batch)](x, weight, dy, mean, rstd, dx, dw, db, channels,

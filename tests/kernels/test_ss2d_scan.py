@@ -100,11 +100,14 @@ def test_triton_d_state_1_projects_first_from_rank_16_by_default(rank, monkeypat
     assert bool(calls) == (rank >= ss2d_n1.PROJECT_FROM_RANK == 16)
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('transpose_columns,project_first', [(False, True), (True, False)])
-def test_triton_d_state_1_bf16_and_deterministic(transpose_columns, project_first):
-    bf16 = {'x', 'dt_low', 'Bs', 'Cs'}
+def test_triton_d_state_1_half_inputs_and_deterministic(transpose_columns, project_first, dtype):
+    # half-precision dt_low: the dt projection (before the kernels or in them) and its
+    # gradients run in it, d(pre-activation) is stored in it; the state stays float32
+    half = {'x', 'dt_low', 'Bs', 'Cs'}
     inputs = make_inputs(2, 6, 5, 7, 2, 1)
-    inputs = {k: v.bfloat16() if k in bf16 else v for k, v in inputs.items()}
+    inputs = {k: v.to(dtype) if k in half else v for k, v in inputs.items()}
     fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
         **kw, block_l=16, transpose_columns=transpose_columns, project_first=project_first)
     check_against_reference(fn, inputs, 1e-2)

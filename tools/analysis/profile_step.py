@@ -1,11 +1,15 @@
 """Where a step of a config's classifier spends its GPU time (torch.profiler), grouped by kernel.
 
     python tools/analysis/profile_step.py CONFIG [--batch 128] [--amp fp16] [--mode train]
-        [--steps 3] [--top 25] [--by-op]
+        [--steps 3] [--top 25] [--by-op] [--compile]
 
 With ``--by-op`` it also prints the PyTorch operators (aten::add, aten::copy_, ...) whose own
 kernels take the most device time, with their input shapes: which call in the model launched a
 kernel the table above only names.
+
+With ``--compile`` the model runs under ``torch.compile`` (inductor, default mode; compiled in the
+warm-up steps), as ``benchmark.py --launch compile`` times it: its fused kernels are named
+``triton_*``.
 
 Prints the kernels with the largest total device time over ``--steps`` profiled steps (after two
 warm-up steps), with their share of the step, and a summary by family (the SS2D scan kernels,
@@ -20,6 +24,8 @@ from mmvmamba.analysis import AMP_DTYPES
 
 FAMILIES = (
     ('ss2d scan (triton)', r'_ss2d_'),
+    ('layernorm2d (triton)', r'_ln2d_'),
+    ('inductor fusions', r'^triton_'),
     ('matmul / 1x1 conv (gemm)', r'gemm|sm90|cutlass|cublas|xmma|matmul'),
     ('depthwise / other conv', r'conv|depthwise|implicit'),
     ('layernorm / reductions', r'norm|reduce|welford'),
@@ -48,12 +54,16 @@ def main(argv=None):
     parser.add_argument('--top', type=int, default=25)
     parser.add_argument('--by-op', action='store_true',
                         help='also list operators (with input shapes) by own device time')
+    parser.add_argument('--compile', action='store_true',
+                        help='profile the torch.compile-d model (compiled in the warm-up steps)')
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit('profile_step.py needs a CUDA GPU')
     cfg = _common.load_config(args.config)
     model = _common.build_plain_classifier(cfg).cuda()
     model.train(args.mode == 'train')
+    if args.compile:
+        model = torch.compile(model)
     images = torch.randn(args.batch, 3, *args.shape, device='cuda')
     dtype = AMP_DTYPES[args.amp]
 
@@ -83,7 +93,8 @@ def main(argv=None):
         if device_us > 0:
             totals[event.key] = totals.get(event.key, 0.0) + device_us
     step_us = sum(totals.values()) / args.steps
-    print(f'{args.config}: {args.mode} {args.amp}, batch {args.batch}: device time per step '
+    launch = ' compiled' if args.compile else ''
+    print(f'{args.config}: {args.mode} {args.amp}{launch}, batch {args.batch}: device time per step '
           f'{step_us / 1e3:.2f} ms (sum of kernel times)')
     by_family = {}
     for name, us in totals.items():
