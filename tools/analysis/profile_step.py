@@ -94,8 +94,8 @@ def main(argv=None):
             totals[event.key] = totals.get(event.key, 0.0) + device_us
     step_us = sum(totals.values()) / args.steps
     launch = ' compiled' if args.compile else ''
-    print(f'{args.config}: {args.mode} {args.amp}{launch}, batch {args.batch}: device time per step '
-          f'{step_us / 1e3:.2f} ms (sum of kernel times)')
+    print(f'{args.config}: {args.mode} {args.amp}{launch}, batch {args.batch}: device time per '
+          f'step {step_us / 1e3:.2f} ms (sum of kernel times)')
     by_family = {}
     for name, us in totals.items():
         by_family[family(name)] = by_family.get(family(name), 0.0) + us
