@@ -112,6 +112,31 @@ def test_compare_compiled_judges_against_the_eager_precision_spread(monkeypatch)
         assert rows.keys() == {'output'} | {name for name, _ in model.named_parameters()}
 
 
+def test_compare_compiled_scales_the_fp16_loss_like_grad_scaler():
+    import compare_compiled as cc
+    assert cc.loss_scale_for(torch.float16, 'auto') == 2**16
+    assert cc.loss_scale_for(torch.bfloat16, 'auto') == cc.loss_scale_for(None, 'auto') == 1
+    assert cc.loss_scale_for(torch.float16, '8') == 8
+    for bad in ('0', '-2'):
+        with pytest.raises(ValueError, match='--loss-scale must be "auto" or a positive number'):
+            cc.loss_scale_for(None, bad)
+    # a model with small gradients (as near initialisation): the scale comes off exactly in
+    # float32, and under fp16 autocast the scaled run is closer to float32 (unscaled, the first
+    # layer's gradients fall into fp16's subnormal range)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-3)
+    x = torch.randn(4, 8)
+    _, grads = cc.run(model, x, None)
+    _, scaled = cc.run(model, x, None, loss_scale=2.0**16)
+    assert all(torch.equal(grads[k], scaled[k]) for k in grads)
+    errors = [cc.relative_difference(grads['0.weight'], cc.run(model, x, torch.float16,
+                                                              loss_scale=s)[1]['0.weight'])
+              for s in (1.0, 2.0**16)]
+    assert errors[1] < errors[0] / 2, errors
+
+
 def test_cuda_graph_launch_needs_a_gpu():
     import benchmark
     from mmvmamba.analysis import measure_throughput
