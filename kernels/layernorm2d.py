@@ -53,6 +53,22 @@ def _ln2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, C, P, eps, 
 
 
 @triton.jit
+def _channel_block(x_ptr, w_ptr, dy_ptr, base, c0, p, pm, C, sxc, sxp, syc, syp,
+                   BLOCK_C: tl.constexpr):
+    """Channels c0 .. c0 + BLOCK_C of the backward's positions p: their indices and masks, x's
+    offsets (dx has x's layout), x and dy as float32 and the weight."""
+    c = c0 + tl.arange(0, BLOCK_C)
+    cm = c < C
+    m2 = cm[:, None] & pm[None, :]
+    x_offs = base + c[:, None] * sxc + p[None, :] * sxp
+    x = tl.load(x_ptr + x_offs, mask=m2, other=0.).to(tl.float32)
+    dy = tl.load(dy_ptr + base + c[:, None] * syc + p[None, :] * syp, mask=m2,
+                 other=0.).to(tl.float32)
+    w = tl.load(w_ptr + c, mask=cm, other=0.).to(tl.float32)
+    return c, cm, m2, x_offs, x, dy, w
+
+
+@triton.jit
 def _ln2d_bwd_kernel(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, C, P,
                      NPB, sxc, sxp, syc, syp, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """Two passes over the channels, BLOCK_C at a time: the first sums the per-position terms
@@ -70,14 +86,8 @@ def _ln2d_bwd_kernel(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, d
     sum_xhat_wdy = tl.zeros((BLOCK_P, ), tl.float32)
     sum_wdy = tl.zeros((BLOCK_P, ), tl.float32)
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        cm = c < C
-        m2 = cm[:, None] & pm[None, :]
-        x = tl.load(x_ptr + base + c[:, None] * sxc + p[None, :] * sxp, mask=m2,
-                    other=0.).to(tl.float32)
-        dy = tl.load(dy_ptr + base + c[:, None] * syc + p[None, :] * syp, mask=m2,
-                     other=0.).to(tl.float32)
-        w = tl.load(w_ptr + c, mask=cm, other=0.).to(tl.float32)
+        c, cm, m2, x_offs, x, dy, w = _channel_block(x_ptr, w_ptr, dy_ptr, base, c0, p, pm, C,
+                                                     sxc, sxp, syc, syp, BLOCK_C)
         xhat = tl.where(m2, (x - mean[None, :]) * rstd[None, :], 0.)
         wdy = dy * w[:, None]
         sum_xhat_wdy += tl.sum(xhat * wdy, 0)
@@ -88,14 +98,8 @@ def _ln2d_bwd_kernel(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, d
     c1 = sum_xhat_wdy / C
     c2 = sum_wdy / C
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        cm = c < C
-        m2 = cm[:, None] & pm[None, :]
-        x_offs = base + c[:, None] * sxc + p[None, :] * sxp  # dx has x's layout
-        x = tl.load(x_ptr + x_offs, mask=m2, other=0.).to(tl.float32)
-        dy = tl.load(dy_ptr + base + c[:, None] * syc + p[None, :] * syp, mask=m2,
-                     other=0.).to(tl.float32)
-        w = tl.load(w_ptr + c, mask=cm, other=0.).to(tl.float32)
+        c, cm, m2, x_offs, x, dy, w = _channel_block(x_ptr, w_ptr, dy_ptr, base, c0, p, pm, C,
+                                                     sxc, sxp, syc, syp, BLOCK_C)
         xhat = (x - mean[None, :]) * rstd[None, :]
         dx = (dy * w[:, None] - xhat * c1[None, :] - c2[None, :]) * rstd[None, :]
         tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=m2)
