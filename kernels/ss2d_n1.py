@@ -62,7 +62,7 @@ def _chunk_n1(x_base, dtl_base, w_ptr, kc, bias, c, cm, s, sp, tm, L, R: tl.cons
     """u and delta's pre-activation for one chunk, in scan order (x at offsets s, the dt_low
     rows at sp), the projection as R rank-1 updates (R is a compile-time constant: unrolled,
     their loads issue together); PRE_GIVEN: dtl_base holds the projection w dt_low itself,
-    (C, L) in dt_low's dtype, in the walked map's order like x (read at s)."""
+    (C, L) float16 or float32, in the walked map's order like x (read at s)."""
     m2 = cm[:, None] & tm[None, :]
     u = tl.load(x_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
     if PRE_GIVEN:
@@ -337,14 +337,15 @@ def _launch_forward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.T
 def _backward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height,
                       width, merged, cols_t, pre_given, block_c, block_l, num_warps):
     """Empty dx, dxt, dpre, dbias, dA, dB, dC, dD of the backward launch (also its fake
-    implementation): float32, but dpre in dt_low's dtype (the dt projection's)."""
+    implementation): float32, but dpre in the dt projection's dtype (:func:`_projection_dtype`).
+    """
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
     per_channel = (batch, 4 * channels)
     partials = (batch, 4, triton.cdiv(channels, block_c), length)
     shapes = (x.shape, xt.shape if cols_t else (0, ), (batch, 4, channels, length), per_channel,
               per_channel, partials, partials, per_channel)
-    return tuple(x.new_empty(shape, dtype=dt_low.dtype if i == 2 else torch.float32)
-                 for i, shape in enumerate(shapes))
+    return tuple(x.new_empty(shape, dtype=_projection_dtype(dt_low.dtype) if i == 2 else
+                             torch.float32) for i, shape in enumerate(shapes))
 
 
 @opaque_under_compile('ss2d_n1_bwd', _backward_outputs)
@@ -357,7 +358,7 @@ def _launch_backward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward launch: returns float32 dx, dxt (empty unless ``cols_t``), d(delta
-    pre-activation) in walked order (in dt_low's dtype), and float32 per-batch partials of
+    pre-activation) in walked order (in the projection's dtype), and float32 per-batch partials of
     d dt_bias, dA, dB, dC (per channel block, walked order), dD."""
     batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
     length, n_chunks = dt_low.shape[-1], states.shape[3]
@@ -412,8 +413,8 @@ class SS2DScanN1Function(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dyt):
-        # the GEMMs below in dt_low's dtype, as in eager, also when a compiled backward is traced
-        # under the forward's autocast (torch._functorch.config.backward_pass_autocast)
+        # the GEMMs below in the projection's dtype, as in eager, also when a compiled backward
+        # is traced under the forward's autocast (torch._functorch.config.backward_pass_autocast)
         with torch.autocast(dy.device.type if dy is not None else dyt.device.type,
                             enabled=False):
             return SS2DScanN1Function._backward(ctx, dy, dyt)
@@ -439,10 +440,11 @@ class SS2DScanN1Function(torch.autograd.Function):
             merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
         del dt_src
         # the rank-R dt projection's gradients are two batched GEMMs on d(pre-activation), in
-        # dt_low's dtype like the projection: d dt_low[b, k] = w[k]^T dpre[b, k];
+        # the projection's dtype: d dt_low[b, k] = w[k]^T dpre[b, k];
         # d w[k] = sum_b dpre[b, k] dt_low[b, k]^T (the sum over the batch in float32)
         ddtl = torch.matmul(dt_weight.to(dpre.dtype).transpose(1, 2), dpre)
-        dw = torch.matmul(dpre, dt_in_order.transpose(2, 3)).sum(0, dtype=torch.float32)
+        dw = torch.matmul(dpre, dt_in_order.to(dpre.dtype).transpose(2, 3)).sum(
+            0, dtype=torch.float32)
         dB, dC = dB.sum(2, keepdim=True), dC.sum(2, keepdim=True)
         if cols_t:  # back to row-major
             ddtl, dB, dC = (_odd_directions_by_column(t, width, height) for t in (ddtl, dB, dC))
@@ -461,16 +463,25 @@ def _rows_in_walk_order(rows, height, width, cols_t):
     return _odd_directions_by_column(rows, height, width) if cols_t else rows
 
 
+def _projection_dtype(dt_low_dtype):
+    """The dtype of the dt projection's GEMMs, of delta's pre-activation when projected first and
+    of its gradient: float16 when dt_low is float16 (fp16 autocast, where the authors' model runs
+    this projection as an fp16 einsum), else float32. float16 halves what the GEMMs write and the
+    kernels read (VMamba-B stage 3: 411 -> 206 MB per tensor) and runs on the tensor cores
+    (float32 GEMMs are FFMA without TF32); bf16's 8-bit mantissa in the pre-activation put the
+    gradients of dt_low, Bs and Cs past the kernels' 1e-2 bound for bf16 inputs (up to 1.3e-2
+    over 20 random CPU draws; float16: ~1e-3), so bf16 inputs keep float32."""
+    return torch.float16 if dt_low_dtype == torch.float16 else torch.float32
+
+
 def _projected_dt(dt_weight, dt_in_order):
     """delta's pre-activation without its bias, w[k] dt_low[b, k]: (batch, 4, C, L) in the
     order of the map each direction reads (``dt_in_order`` from :func:`_rows_in_walk_order`, so
-    the kernel loads it like x). One batched GEMM in dt_low's dtype (float32 accumulation):
-    under autocast dt_low comes from the x projection in half precision, and the dt projection
-    runs in it as the authors' einsum does; float32 stays float32. Half-precision output halves
-    what this GEMM writes and the kernels read (at VMamba-B's stage 3, 411 -> 206 MB per call),
-    and half GEMMs run on the tensor cores (float32 ones are FFMA without TF32)."""
+    the kernel loads it like x). One batched GEMM in :func:`_projection_dtype` (float32
+    accumulation), outside autocast."""
+    dtype = _projection_dtype(dt_in_order.dtype)
     with torch.autocast(dt_in_order.device.type, enabled=False):
-        return torch.matmul(dt_weight.to(dt_in_order.dtype), dt_in_order)
+        return torch.matmul(dt_weight.to(dtype), dt_in_order.to(dtype))
 
 
 def _odd_directions_by_column(t, height, width):
@@ -504,11 +515,12 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     walk stays in cache and the copies would cost more than they save.
 
     With a large dt rank (``project_first`` None: rank >= ``PROJECT_FROM_RANK``) delta's
-    pre-activation w dt_low is one GEMM before each launch (in dt_low's dtype), (batch, 4, C, L),
-    which the kernels read like x; with a small rank they compute it from dt_low in registers,
-    which costs them 2 R loads and R multiply-adds per element (at rank 32: most of their
-    instructions) but saves writing and reading 4 copies of the map. Either way the backward
-    writes d(pre-activation) in dt_low's dtype and the projection's gradients are GEMMs in it.
+    pre-activation w dt_low is one GEMM before each launch, (batch, 4, C, L), which the kernels
+    read like x; with a small rank they compute it from dt_low in registers, which costs them
+    2 R loads and R multiply-adds per element (at rank 32: most of their instructions) but saves
+    writing and reading 4 copies of the map. Either way the backward writes d(pre-activation)
+    and the projection's gradients are GEMMs on it, all in float16 for float16 dt_low and in
+    float32 otherwise (:func:`_projection_dtype`).
     """
     height, width = x.shape[2], x.shape[3]
     length = height * width

@@ -19,11 +19,11 @@ outputs written, read and summed (about 3 * 4 * B*C*L * 4 bytes of float32): for
 at batch 128 with bf16 inputs, 1.23 GB + 1.23 GB + 1.85 GB, against 0.23 GB it does read and write.
 One exception, d_state 1 with a dt rank R >= 16 (``ss2d_n1.PROJECT_FROM_RANK``: VMamba-T/S stages
 3-4, VMamba-B stages 2-4): there the projection costs the kernel 2R loads and R multiply-adds
-per element, most of its instructions, so it is one GEMM before the launch instead (in dt_low's
-dtype: half precision under autocast), and the kernel reads delta's pre-activation
-(batch, 4, C, L) like x: 2 * 4 * B*C*L * e bytes more traffic (VMamba-B stage 3 at batch 128,
-float32: 0.82 GB, ~0.3 ms), and the forward and forward+backward there took 23% less time on the
-H100 (docs/kernels.md).
+per element, most of its instructions, so it is one GEMM before the launch instead (float16
+for float16 dt_low, as under fp16 autocast; else float32), and the kernel reads delta's
+pre-activation (batch, 4, C, L) like x: 2 * 4 * B*C*L * e bytes more traffic (VMamba-B stage 3
+at batch 128, float32: 0.82 GB, ~0.3 ms), and the forward and forward+backward there took 23%
+less time on the H100 (docs/kernels.md).
 
 One program owns (batch b, a block of channels) and runs the 4 directions one after the other,
 adding into the output it owns: the merge is a fixed-order sum, no atomics, so the forward and the

@@ -100,11 +100,19 @@ def test_triton_d_state_1_projects_first_from_rank_16_by_default(rank, monkeypat
     assert bool(calls) == (rank >= ss2d_n1.PROJECT_FROM_RANK == 16)
 
 
+def test_triton_d_state_1_projection_dtype():
+    # float16 dt_low (fp16 autocast): the dt projection's GEMMs, the projected pre-activation
+    # and its gradient in float16; bf16 (8-bit mantissa: past 1e-2) and float32: float32
+    from vmamba_kernels.ss2d_n1 import _projection_dtype
+    assert _projection_dtype(torch.float16) == torch.float16
+    assert _projection_dtype(torch.bfloat16) == _projection_dtype(torch.float32) == torch.float32
+
+
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('transpose_columns,project_first', [(False, True), (True, False)])
 def test_triton_d_state_1_half_inputs_and_deterministic(transpose_columns, project_first, dtype):
-    # half-precision dt_low: the dt projection (before the kernels or in them) and its
-    # gradients run in it, d(pre-activation) is stored in it; the state stays float32
+    # half-precision inputs, the dt projection before the kernels or in them (with float16
+    # inputs its GEMMs and d(pre-activation) are float16); the state stays float32
     half = {'x', 'dt_low', 'Bs', 'Cs'}
     inputs = make_inputs(2, 6, 5, 7, 2, 1)
     inputs = {k: v.to(dtype) if k in half else v for k, v in inputs.items()}
