@@ -394,15 +394,12 @@ class SS2DScanN1Function(torch.autograd.Function):
         cols_t = merged and cols_t
         project_first = merged and project_first
         save = any(ctx.needs_input_grad)
-        if project_first:
-            dt_src = _projected_dt(dt_weight, _rows_in_walk_order(dt_low, height, width, cols_t))
-        else:
-            dt_src = _rows_in_walk_order(dt_low, height, width, cols_t)
+        _, dt_src, bs, cs = _kernel_rows(dt_low, dt_weight, Bs, Cs, height, width, cols_t,
+                                         project_first)
         y, yt, states = _launch_forward(
-            x, xt, dt_src, dt_weight, dt_bias, A, _rows_in_walk_order(Bs, height, width, cols_t),
-            _rows_in_walk_order(Cs, height, width, cols_t), D, height, width, merged, cols_t,
-            save, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
-        del dt_src
+            x, xt, dt_src, dt_weight, dt_bias, A, bs, cs, D, height, width, merged, cols_t, save,
+            project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
+        del dt_src, bs, cs
         if not cols_t:
             ctx.mark_non_differentiable(yt)
         if save:
@@ -430,15 +427,14 @@ class SS2DScanN1Function(torch.autograd.Function):
             dyt = dyt.contiguous() if dyt is not None else torch.zeros_like(xt, dtype=dy.dtype)
         else:
             xt, dyt = None, None
-        # dt_low in the order of the map each direction walks (column-major for the transposed
-        # column directions), as d(pre-activation) comes back
-        dt_in_order = _rows_in_walk_order(dt_low, height, width, cols_t)
-        dt_src = _projected_dt(dt_weight, dt_in_order) if project_first else dt_in_order
+        # the forward's kernel inputs again (recomputed rather than held); dt_in_order is in the
+        # order d(pre-activation) comes back in
+        dt_in_order, dt_src, bs, cs = _kernel_rows(dt_low, dt_weight, Bs, Cs, height, width,
+                                                   cols_t, project_first)
         dx, dxt, dpre, dbias, dA, dB, dC, dD = _launch_backward(
-            x, xt, dt_src, dt_weight, dt_bias, A, _rows_in_walk_order(Bs, height, width, cols_t),
-            _rows_in_walk_order(Cs, height, width, cols_t), D, states, dy, dyt, height, width,
+            x, xt, dt_src, dt_weight, dt_bias, A, bs, cs, D, states, dy, dyt, height, width,
             merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
-        del dt_src
+        del dt_src, bs, cs
         # the rank-R dt projection's gradients are two batched GEMMs on d(pre-activation), in
         # the projection's dtype: d dt_low[b, k] = w[k]^T dpre[b, k];
         # d w[k] = sum_b dpre[b, k] dt_low[b, k]^T (the sum over the batch in float32)
@@ -461,6 +457,17 @@ def _rows_in_walk_order(rows, height, width, cols_t):
     column walks of the row-major rows touched one 32-byte sector per element (at 56 x 56 the
     forward was bound by L1 traffic, ncu: 86% of L1 throughput)."""
     return _odd_directions_by_column(rows, height, width) if cols_t else rows
+
+
+def _kernel_rows(dt_low, dt_weight, Bs, Cs, height, width, cols_t, project_first):
+    """What the forward and the backward launch read besides the map: dt_low in walk order
+    (:func:`_rows_in_walk_order`), the kernels' dt source (the projected pre-activation,
+    :func:`_projected_dt`, when ``project_first``; else that same dt_low), Bs and Cs in walk
+    order."""
+    dt_in_order = _rows_in_walk_order(dt_low, height, width, cols_t)
+    dt_src = _projected_dt(dt_weight, dt_in_order) if project_first else dt_in_order
+    return (dt_in_order, dt_src, _rows_in_walk_order(Bs, height, width, cols_t),
+            _rows_in_walk_order(Cs, height, width, cols_t))
 
 
 def _projection_dtype(dt_low_dtype):
