@@ -11,7 +11,7 @@ MMCV_VERSION := 2.1.0
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= work_dirs/digits_demo
 
-.PHONY: install mmcv demo test test-kernels clean-venv
+.PHONY: install install-gpu mmcv demo test test-kernels test-gpu clean-venv
 
 install: $(STAMP)
 
@@ -38,11 +38,20 @@ mmcv:
 	else echo "reusing cached $$whl"; fi; \
 	$(PIP) install -q -c $(CONSTRAINTS) "$$whl"
 
+# CUDA machines: keep the CUDA torch that is installed, build mmcv with its CUDA ops
+# (OFFLINE=DIR: a folder of wheels and the mmcv sdist, for a machine without a registry).
+install-gpu:
+	PYTHON=$(PYTHON) VENV=$(VENV) WHEEL_CACHE=$(WHEEL_CACHE) tools/install_gpu.sh $(if $(OFFLINE),--offline $(OFFLINE))
+
 demo: install
 	$(PY) tools/demo.py --work-dir $(DEMO_DIR)
 
 test: install
 	$(PY) -m pytest tests -q
+
+# the tests that need CUDA (skipped by `make test` on a machine without a GPU)
+test-gpu:
+	TRITON_INTERPRET=0 $(PY) -m pytest tests -q -m gpu
 
 test-kernels: install
 	$(PY) -m pytest tests/kernels -q

@@ -93,3 +93,13 @@ def check_contiguous(named):
         if t is not None and not t.is_contiguous():
             raise ValueError(f'{name} must be contiguous (got strides {t.stride()} for shape '
                              f'{tuple(t.shape)}); call .contiguous() first')
+
+
+def check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D):
+    """What the Triton path needs beyond :func:`check_ss2d_inputs`: contiguous tensors, no
+    float64."""
+    check_contiguous((('x', x), ('dt_low', dt_low), ('dt_weight', dt_weight),
+                      ('dt_bias', dt_bias), ('A', A), ('Bs', Bs), ('Cs', Cs), ('D', D)))
+    if x.dtype == torch.float64:
+        raise TypeError('the Triton path takes float32/bfloat16/float16 x, got float64; use '
+                        "backend='torch' for float64")

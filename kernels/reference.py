@@ -1,7 +1,7 @@
 """Torch implementation of the selective scan (S6) and of VMamba's 2D cross scan.
 
-This is both the reference the Triton kernels are checked against and the CPU path of the model,
-so it is vectorized: the recurrence ``h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t`` is
+This is the differentiable torch path of the model (CPU training; inference takes
+``ss2d_grid.py``) and a reference for the Triton kernels, so it is vectorized: the recurrence ``h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t`` is
 solved chunk by chunk over the sequence, each chunk in closed form with a masked (T, T) matrix of
 decays ``exp(sum_{r=s+1..t} delta_r * A)`` (the "segment sum" form: every exponent is <= 0, so it
 never overflows), and only the chunk-to-chunk carry is sequential. The loop therefore runs L / T
@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_selective_scan_inputs, check_ss2d_inputs
+from .ss2d_grid import scan_lines
 
 __all__ = [
     'selective_scan_torch', 'scan_orders', 'cross_scan', 'cross_merge', 'to_scan_order',
-    'ss2d_scan_torch', 'default_chunk_size'
+    'ss2d_scan_chunked', 'default_chunk_size'
 ]
 
 NUM_DIRECTIONS = 4
@@ -51,9 +52,10 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     (float64 when ``u`` is float64).
 
     With gradients, the chunked closed form (autograd through a per-step loop is 4-9x slower,
-    tools/analysis/benchmark_scan_cpu.py); without, and with no ``chunk_size`` forced, a plain
-    loop over time steps (the closed form's T x T decay matrix costs T exps per element: the loop
-    was 3.6x faster for VMamba-T's stage 1 forward on CPU)."""
+    tools/kernel_dev/benchmark_scan_cpu.py); without, and with no ``chunk_size`` forced, the
+    sequence cut into about sqrt(L) lines of about sqrt(L) steps and solved by
+    :func:`vmamba_kernels.ss2d_grid.scan_lines` (the closed form's T x T decay matrix costs T exps
+    per element)."""
     check_selective_scan_inputs(u, delta, A, B, C, D, delta_bias)
     cdt = _compute_dtype(u.dtype)
     batch, channels, length = u.shape
@@ -72,7 +74,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
     if chunk_size is None and not needs_grad:
-        y = _scan_steps(u_c, delta_c, A_c, B_c, C_c, batch, groups, per_group, d_state, length)
+        y = _scan_no_grad(u_c, delta_c, A_c, B_c, C_c, batch, groups, per_group, d_state, length)
         return y if D is None else y + D.to(cdt)[:, None] * u_c
     T = chunk_size or default_chunk_size(batch, channels, d_state, length)
 
@@ -100,17 +102,22 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     return y
 
 
-def _scan_steps(u, delta, A, B, C, batch, groups, per_group, d_state, length):
-    """The recurrence one time step at a time (inference: no graph to keep)."""
-    du = (delta * u).view(batch, groups, per_group, 1, length)
-    dA = torch.exp(delta.view(batch, groups, per_group, 1, length) *
-                   A.view(groups, per_group, d_state, 1))
-    h = u.new_zeros(batch, groups, per_group, d_state)
-    y = u.new_empty(batch, groups, per_group, length)
-    for t in range(length):
-        h = dA[..., t] * h + du[..., t] * B[..., t]
-        y[..., t] = (h * C[..., t]).sum(-1)
-    return y.reshape(batch, groups * per_group, length)
+def _scan_no_grad(u, delta, A, B, C, batch, groups, per_group, d_state, length):
+    """The recurrence without a graph: the sequence as ~sqrt(L) lines of ~sqrt(L) steps."""
+    steps = math.isqrt(length - 1) + 1 if length > 1 else 1
+    lines = -(-length // steps)
+    pad = steps * lines - length  # zero inputs and log-decays after the end change nothing
+
+    def as_grid(t):  # (..., L) -> (..., steps, lines)
+        t = F.pad(t, (0, pad)) if pad else t
+        return t.reshape(t.shape[:-1] + (lines, steps)).transpose(-1, -2)
+
+    log_decay = (delta.view(batch, groups, per_group, 1, length) *
+                 A.view(groups, per_group, d_state, 1))
+    inputs = (delta * u).view(batch, groups, per_group, 1, length) * B
+    states = scan_lines(as_grid(log_decay), as_grid(inputs))
+    states = states.transpose(-1, -2).reshape(states.shape[:-2] + (-1, ))[..., :length]
+    return (states * C).sum(3).reshape(batch, groups * per_group, length)
 
 
 @lru_cache(maxsize=64)
@@ -151,8 +158,9 @@ def cross_merge(ys, height, width):
     return spatial.sum(1).view(batch, channels, height, width)
 
 
-def ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, chunk_size=None):
-    """Torch path of the fused SS2D core (see :func:`vmamba_kernels.ss2d_scan` for the contract).
+def ss2d_scan_chunked(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, chunk_size=None):
+    """The fused SS2D core (contract of :func:`vmamba_kernels.ss2d_scan`) as cross scan, the
+    selective scan above and cross merge: the differentiable torch path.
 
     Returns (batch, C, H, W) float32 (float64 for float64 inputs)."""
     check_ss2d_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)

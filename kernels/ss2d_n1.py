@@ -29,9 +29,9 @@ import triton
 import triton.language as tl
 
 from .compile_ops import opaque_under_compile
-from .ss2d_triton import _combine, _softplus
+from .triton_math import _combine, _softplus
 
-__all__ = ['ss2d_scan_n1', 'SS2DScanN1Function', 'n1_launch_config']
+__all__ = ['ss2d_scan_n1', 'ss2d_scan_n1_unfused', 'SS2DScanN1Function', 'n1_launch_config']
 
 
 @triton.jit
@@ -543,3 +543,12 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     y, yt = SS2DScanN1Function.apply(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                      width, True, True, cfg, bwd_cfg, project_first)
     return y + yt.transpose(2, 3)
+
+
+def ss2d_scan_n1_unfused(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
+                         config=None):
+    """The d_state 1 kernel over inputs already cross-scanned into (batch, 4, ., L) scan order
+    (the benchmark's unfused baseline); returns per-direction (batch, 4, C, L)."""
+    cfg, bwd_cfg = n1_launch_config(height * width, **(config or {}))
+    return SS2DScanN1Function.apply(xs, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+                                    width, False, False, cfg, bwd_cfg)[0]

@@ -42,40 +42,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import check_contiguous, check_ss2d_inputs
 from .compile_ops import opaque_under_compile
+from .triton_math import _combine, _softplus
 
-__all__ = ['ss2d_scan_triton', 'ss2d_scan_unfused_triton']
-
-
-@triton.jit
-def _combine(a_left, b_left, a_right, b_right):
-    # composition of h -> a_left * h + b_left, then h -> a_right * h + b_right
-    return a_left * a_right, b_left * a_right + b_right
-
-
-@triton.jit
-def _log1p_unit(z):
-    """log(1 + z) for 0 <= z <= 1, to a few float32 ulps also for tiny z: 2 atanh(s) with
-    s = z / (2 + z) <= 1/3, summed as its series up to s^15 (the first term left out is below
-    2e-9 of the sum). ~12 instructions where log(w) * z / (w - 1) took ~35: tl.log is a
-    software logarithm (the hardware's lg2.approx is not accurate near 1)."""
-    s = tl.fdiv(z, 2.0 + z)
-    s2 = s * s
-    p = s2 * (1.0 / 15.0) + (1.0 / 13.0)
-    p = p * s2 + (1.0 / 11.0)
-    p = p * s2 + (1.0 / 9.0)
-    p = p * s2 + (1.0 / 7.0)
-    p = p * s2 + (1.0 / 5.0)
-    p = p * s2 + (1.0 / 3.0)
-    p = p * s2 + 1.0
-    return 2.0 * s * p
-
-
-@triton.jit
-def _softplus(x):
-    """log(1 + e^x) as max(x, 0) + log(1 + e^-|x|): the logarithm's argument stays in [1, 2]."""
-    return tl.maximum(x, 0.0) + _log1p_unit(tl.exp(-tl.abs(x)))
+__all__ = ['ss2d_scan_general', 'ss2d_scan_general_unfused']
 
 
 @triton.jit
@@ -380,46 +350,21 @@ class SS2DScanFunction(torch.autograd.Function):
                 dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 4
 
 
-def ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, block_c=None,
-                     block_l=None, num_warps=None, bwd_block_c=None, bwd_num_warps=None,
-                     transpose_columns=None, project_first=None):
-    """Triton path of :func:`vmamba_kernels.ss2d_scan`; returns (batch, C, H, W) float32.
-
-    d_state 1 runs the kernels of ``ss2d_n1.py``, larger d_state the general ones here. The tile
-    arguments override the defaults (``bwd_*``: d_state 1 only, the backward's own channel block
-    and warps; ``transpose_columns``, ``project_first``: d_state 1 only, see
-    ``ss2d_n1.ss2d_scan_n1``)."""
-    check_ss2d_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
-    _check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
-    if A.shape[1] == 1:
-        from .ss2d_n1 import ss2d_scan_n1
-        return ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, block_c=block_c,
-                            block_l=block_l, num_warps=num_warps, bwd_block_c=bwd_block_c,
-                            bwd_num_warps=bwd_num_warps, transpose_columns=transpose_columns,
-                            project_first=project_first)
+def ss2d_scan_general(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, block_c=None,
+                      block_l=None, num_warps=None):
+    """Fused SS2D core for any d_state (inputs as :func:`vmamba_kernels.ss2d_scan`, already
+    checked); returns (batch, C, H, W) float32. The tile arguments override
+    :func:`launch_config`'s defaults."""
     height, width = x.shape[2], x.shape[3]
     config = dict(block_c=block_c, block_l=block_l, num_warps=num_warps)
     return SS2DScanFunction.apply(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
                                   True, config)
 
 
-def ss2d_scan_unfused_triton(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
-                             config=None):
-    """Unfused baseline for the benchmark: the same scan kernel over inputs already
-    cross-scanned into (batch, 4, ., L) scan order; returns per-direction (batch, 4, C, L)."""
-    _check_triton_inputs(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
-    if A.shape[1] == 1:
-        from .ss2d_n1 import SS2DScanN1Function, n1_launch_config
-        cfg, bwd_cfg = n1_launch_config(height * width, **(config or {}))
-        return SS2DScanN1Function.apply(xs, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
-                                        width, False, False, cfg, bwd_cfg)[0]
+def ss2d_scan_general_unfused(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
+                              config=None):
+    """The general kernel over inputs already cross-scanned into (batch, 4, ., L) scan order
+    (the benchmark's unfused baseline); returns per-direction (batch, 4, C, L)."""
     return SS2DScanFunction.apply(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
                                   False, config)
 
-
-def _check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D):
-    check_contiguous((('x', x), ('dt_low', dt_low), ('dt_weight', dt_weight),
-                      ('dt_bias', dt_bias), ('A', A), ('Bs', Bs), ('Cs', Cs), ('D', D)))
-    if x.dtype == torch.float64:
-        raise TypeError('the Triton path takes float32/bfloat16/float16 x, got float64; use '
-                        "backend='torch' for float64")

@@ -142,10 +142,32 @@ def _cpu_distributed_launch():
     dist_utils._init_dist_pytorch = init_dist_pytorch
 
 
+def _mmpretrain_multimodal_only_if_it_imports():
+    """mmpretrain 1.2 registers its multimodal models (BLIP, Flamingo, ...) whenever transformers
+    is installed, and their modules subclass names that recent transformers releases moved
+    (``transformers.modeling_utils.apply_chunking_to_forward``, ...): its import swallows the
+    ImportError, subclasses None and fails ("NoneType takes no arguments") the first time any
+    mmpretrain model is built. Where those names are missing, register the placeholders
+    mmpretrain uses when transformers is absent (the multimodal models then say they need
+    another transformers; classifiers are unaffected)."""
+    import importlib.util
+    if importlib.util.find_spec('transformers') is None or importlib.util.find_spec(
+            'mmpretrain') is None:
+        return
+    try:
+        from transformers.modeling_utils import (  # noqa: F401
+            PreTrainedModel, apply_chunking_to_forward, find_pruneable_heads_and_indices,
+            prune_linear_layer)
+    except Exception:  # any failure here is the one mmpretrain would hit
+        import mmpretrain.utils.dependency as dependency
+        dependency.WITH_MULTIMODAL = False
+
+
 def apply():
     _install_torchvision_shim()
     _allow_mmengine_checkpoints()
     _cpu_distributed_launch()
+    _mmpretrain_multimodal_only_if_it_imports()
 
 
 apply()

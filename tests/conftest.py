@@ -7,6 +7,17 @@ os.environ.setdefault('TRITON_INTERPRET', '1')
 import mmvmamba  # noqa: E402,F401  (applies mmvmamba.compat before any OpenMMLab import)
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: on a machine without it they are reported as skipped."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU (run with `make test-gpu` on one)')
+    for item in items:
+        if 'gpu' in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,11 @@
 """Evaluate a checkpoint with a config (classification, detection or segmentation).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl] [--show-dir DIR]
-                                           [--tta] [--cfg-options ...] [--launcher pytorch]
+                                           [--tta] [--metrics-json FILE] [--cfg-options ...]
+                                           [--launcher pytorch]
 """
 import argparse
+import json
 import os.path as osp
 
 from _task_config import add_launcher_args, load_task_config, parse_with_launcher
@@ -20,6 +22,7 @@ def parse_args(argv=None):
     parser.add_argument('--show-dir', help='draw predictions into this folder (under work dir)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (tta_model '
                         'and tta_pipeline of the config)')
+    parser.add_argument('--metrics-json', help='also write the metrics to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     add_launcher_args(parser)
     return parse_with_launcher(parser, argv)
@@ -59,7 +62,12 @@ def build_config(args):
 def main(argv=None):
     args = parse_args(argv)
     runner = Runner.from_cfg(build_config(args))
-    return runner.test()
+    metrics = runner.test()
+    if args.metrics_json:
+        with open(args.metrics_json, 'w') as f:
+            json.dump({k: float(v) if hasattr(v, '__float__') else v
+                       for k, v in metrics.items()}, f, indent=1)
+    return metrics
 
 
 if __name__ == '__main__':

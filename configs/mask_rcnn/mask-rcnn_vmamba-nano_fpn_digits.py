@@ -79,3 +79,6 @@ param_scheduler = [
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=5, max_keep_ckpts=2))
 randomness = dict(seed=0)
+
+# the random generators saved with each checkpoint, restored on --resume (exact resume)
+custom_hooks = [dict(type='RandomStateHook')]

@@ -20,3 +20,6 @@ model = dict(
 
 # weight decay: the Swin recipe's rule, as the authors ran it (none on parameters whose name
 # contains 'norm'); Mamba's rule: configs/_base_/schedules/mamba_no_decay.py
+
+# the random generators saved with each checkpoint, restored on --resume (exact resume)
+custom_hooks = [dict(type='RandomStateHook')]

@@ -84,3 +84,6 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=800, max_keep_ckpts=2),
     visualization=dict(type='SegVisualizationHook'))
 randomness = dict(seed=0)
+
+# the random generators saved with each checkpoint, restored on --resume (exact resume)
+custom_hooks = [dict(type='RandomStateHook')]

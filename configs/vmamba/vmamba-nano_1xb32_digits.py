@@ -54,5 +54,6 @@ val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=32)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=4, max_keep_ckpts=2))
-custom_hooks = [dict(type='EMAHook', momentum=1e-3, priority='ABOVE_NORMAL')]
+custom_hooks = [dict(type='EMAHook', momentum=1e-3, priority='ABOVE_NORMAL'),
+                dict(type='RandomStateHook')]
 randomness = dict(seed=0)

@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vmamba_kernels.ss2d_triton import _softplus
+from vmamba_kernels.triton_math import _softplus
 
 
 @triton.jit

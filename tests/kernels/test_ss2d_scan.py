@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vmamba_kernels as vk
-from vmamba_kernels.ss2d_triton import ss2d_scan_triton
+from vmamba_kernels import ss2d_scan_triton
 
 from .naive import _direction_order, naive_selective_scan, naive_ss2d
 

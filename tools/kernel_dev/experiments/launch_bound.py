@@ -1,6 +1,6 @@
 """Experiment: CPU enqueue time vs GPU time of a VMamba-T train step, for LayerNorm2d variants."""
 import sys, time, statistics
-sys.path.insert(0, 'tools/analysis')
+sys.path.insert(0, 'tools/analysis'); sys.path.insert(0, 'tools/kernel_dev')
 import torch
 import _common
 from mmvmamba.models.utils.layers import LayerNorm2d

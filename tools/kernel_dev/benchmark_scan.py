@@ -9,7 +9,7 @@ d_state 1, it times forward and forward+backward of
 against the byte floor (forward: read x once, write y once; forward+backward adds reading x and
 dy and writing dx), and checks the fused path against the float64 torch reference.
 
-    python tools/analysis/benchmark_scan.py [--batch 128] [--stages 1 2 3 4] [--skip-torch]
+    python tools/kernel_dev/benchmark_scan.py [--batch 128] [--stages 1 2 3 4] [--skip-torch]
         [--arch tiny|base] [--dtype bf16|fp32] [--skip-unfused]
 """
 import argparse
@@ -38,7 +38,7 @@ def _import_kernels():
 
 
 vk = _import_kernels()
-from vmamba_kernels.ss2d_triton import ss2d_scan_unfused_triton  # noqa: E402
+from vmamba_kernels import ss2d_scan_unfused_triton  # noqa: E402
 
 # (H = W, d_inner, dt_rank) of the four stages at 224x224 (VMamba-S has VMamba-T's shapes)
 STAGES = {
@@ -74,7 +74,7 @@ def fused(inp, backend='triton'):
 
 
 def fused_with(config):
-    from vmamba_kernels.ss2d_triton import ss2d_scan_triton
+    from vmamba_kernels import ss2d_scan_triton
     return lambda inp: ss2d_scan_triton(**inp, **config)
 
 

@@ -7,7 +7,7 @@ import torch
 sys.path.insert(0, __file__.rsplit('/', 1)[0])
 import benchmark_scan as bs  # noqa: E402
 
-from vmamba_kernels.ss2d_triton import ss2d_scan_triton  # noqa: E402
+from vmamba_kernels import ss2d_scan_triton  # noqa: E402
 
 inp = bs.make_inputs(2, 14, 64, 4, 1, torch.bfloat16, 'cuda', 0)
 for v in inp.values():

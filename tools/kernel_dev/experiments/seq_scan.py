@@ -7,7 +7,7 @@ iteration, so their loads issue together); every access to the map is a contiguo
 channels, in the row and the column directions alike. DIRS directions per program (4: one
 output, 2: rows / columns into two planes, 1: four planes), the planes summed afterwards.
 
-    python tools/analysis/experiments/seq_scan.py [--check-only]
+    python tools/kernel_dev/experiments/seq_scan.py [--check-only]
 
 times the (T, BLOCK_C) tile variant (``tile_forward``, results in docs/results/seq_scan_tiles.txt);
 ``seq_forward``, one step at a time, was timed first (docs/results/seq_scan_per_step.txt).
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import benchmark_scan as bs  # noqa: E402
 
 vk = bs.vk
-from vmamba_kernels.ss2d_triton import _combine, _softplus  # noqa: E402
+from vmamba_kernels.triton_math import _combine, _softplus  # noqa: E402
 
 
 @triton.jit

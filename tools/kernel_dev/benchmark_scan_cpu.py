@@ -2,7 +2,7 @@
 float32), at VMamba-T stage 1 (L = 56 * 56, 4 x 96 sequences, N = 1) and v0-T stage 1
 (4 x 192 sequences, N = 16), batch 1, forward and forward+backward.
 
-    python tools/analysis/benchmark_scan_cpu.py [--repeats 3]
+    python tools/kernel_dev/benchmark_scan_cpu.py [--repeats 3]
 """
 import argparse
 import statistics

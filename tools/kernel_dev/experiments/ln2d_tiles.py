@@ -5,7 +5,7 @@ program, more programs in flight) at several tiles. Prints ms per call including
 sums (triton.testing.do_bench median) and each variant's largest difference from the earlier
 kernel at its own tiles.
 
-    python tools/analysis/experiments/ln2d_tiles.py
+    python tools/kernel_dev/experiments/ln2d_tiles.py
 """
 import torch
 import triton

@@ -7,7 +7,7 @@ loop (the first direction's) and prints its instruction count per element of a t
 frequent opcodes and the source lines that cost most. A static count: an inner loop left in the
 chunk loop (a run-time bound) is counted once.
 
-    python tools/analysis/kernel_sass.py [--kernel fwd|bwd] [--block-c 8] [--block-l 64]
+    python tools/kernel_dev/kernel_sass.py [--kernel fwd|bwd] [--block-c 8] [--block-l 64]
         [--warps 4] [--rank 6] [--pre-given] [--strided-columns] [--lines 15]
 """
 import argparse

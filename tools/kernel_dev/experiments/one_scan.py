@@ -1,5 +1,5 @@
 """One forward and one backward of the fused d_state 1 scan at a stage shape, for a profiler
-(ncu) to attach to: python tools/analysis/experiments/one_scan.py [--arch tiny] [--stage 1]."""
+(ncu) to attach to: python tools/kernel_dev/experiments/one_scan.py [--arch tiny] [--stage 1]."""
 import argparse
 import os
 import sys

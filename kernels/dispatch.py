@@ -1,0 +1,121 @@
+"""Where every call is routed: the backend (Triton or torch) by device or by choice, the Triton
+kernels by d_state, the torch path by whether gradients are needed. The kernel modules below
+import nothing from here or from each other's launchers."""
+import os
+from typing import Optional
+
+import torch
+
+from .checks import check_ss2d_inputs, check_tensor, check_triton_inputs
+
+__all__ = ['BACKENDS', 'BACKEND_ENV', 'resolve_backend', 'ss2d_scan', 'ss2d_scan_triton',
+           'ss2d_scan_unfused_triton', 'ss2d_scan_torch', 'layer_norm_2d']
+
+BACKENDS = ('auto', 'triton', 'torch')
+BACKEND_ENV = 'VMAMBA_SCAN_BACKEND'
+
+
+def resolve_backend(backend: Optional[str], tensor: torch.Tensor) -> str:
+    """Pick 'triton' or 'torch' for ``tensor``.
+
+    ``backend`` None reads the environment variable ``VMAMBA_SCAN_BACKEND`` (default 'auto').
+    'auto' is Triton for CUDA tensors and torch otherwise. 'triton' on CPU tensors needs the Triton
+    interpreter (``TRITON_INTERPRET=1`` set before triton is imported): it is for tests only.
+    """
+    if backend is None:
+        backend = os.environ.get(BACKEND_ENV, 'auto') or 'auto'
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} (argument or ${BACKEND_ENV}), "
+                         f'got {backend!r}')
+    if backend == 'auto':
+        return 'triton' if tensor.is_cuda else 'torch'
+    if backend == 'triton' and not tensor.is_cuda and os.environ.get('TRITON_INTERPRET') != '1':
+        raise ValueError(f"backend='triton' needs CUDA tensors, got tensors on {tensor.device} "
+                         "(set TRITON_INTERPRET=1 before importing triton to run the kernels "
+                         "on CPU in the interpreter, or use backend='torch')")
+    return backend
+
+
+def ss2d_scan(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
+              dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
+              D: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+    """Fused SS2D core of VMamba.
+
+    Args:
+        x (Tensor): (batch, C, H, W) map after the depthwise conv and SiLU; float32, bfloat16 or
+            float16 (float64 on the torch path).
+        dt_low (Tensor): (batch, 4, R, H*W) low-rank dt, in the map's row-major order, one set per
+            direction (rows 0..R-1 of ``x_proj`` applied to the map).
+        dt_weight (Tensor): (4, C, R) dt projection (``dt_projs_weight``).
+        dt_bias (Tensor): (4, C) delta bias (``dt_projs_bias``); softplus is applied after it.
+        A (Tensor): (4*C, N) real state matrix (``-exp(A_logs)``).
+        Bs, Cs (Tensor): (batch, 4, N, H*W) in row-major order.
+        D (Tensor, optional): (4*C,) skip (``Ds``).
+        backend (str, optional): 'auto', 'triton' or 'torch'; default from ``$VMAMBA_SCAN_BACKEND``
+            or 'auto' (Triton on CUDA, torch elsewhere).
+
+    Returns:
+        Tensor: (batch, C, H, W) float32 (float64 for float64 input on the torch path): the sum over
+        the 4 directions of each direction's scan output, mapped back to (H, W).
+    """
+    # both paths validate every argument; only x is needed to choose between them
+    check_tensor('x', x, 4)
+    if resolve_backend(backend, x) == 'triton':
+        return ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    return ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+
+
+def ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, chunk_size=None):
+    """Torch path of :func:`ss2d_scan`. Without gradients to track (inference) the scan is solved
+    along the map's rows and columns (:func:`vmamba_kernels.ss2d_grid.ss2d_scan_grid`: about
+    2 * sqrt(H * W) vectorised steps); with gradients, or a forced ``chunk_size``, in the
+    differentiable chunked closed form (:func:`vmamba_kernels.reference.ss2d_scan_chunked`)."""
+    from .reference import ss2d_scan_chunked
+    from .ss2d_grid import ss2d_scan_grid
+    inputs = (x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in inputs)
+    if chunk_size is None and not needs_grad:
+        return ss2d_scan_grid(*inputs)
+    return ss2d_scan_chunked(*inputs, chunk_size=chunk_size)
+
+
+def ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, **config):
+    """Triton path of :func:`ss2d_scan`; returns (batch, C, H, W) float32.
+
+    d_state 1 runs the kernels of ``ss2d_n1.py`` (``config``: see
+    :func:`vmamba_kernels.ss2d_n1.ss2d_scan_n1`), larger d_state the general ones of
+    ``ss2d_triton.py`` (``config``: ``block_c``, ``block_l``, ``num_warps``)."""
+    check_ss2d_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    if A.shape[1] == 1:
+        from .ss2d_n1 import ss2d_scan_n1
+        return ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, **config)
+    from .ss2d_triton import ss2d_scan_general
+    return ss2d_scan_general(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, **config)
+
+
+def ss2d_scan_unfused_triton(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
+                             config=None):
+    """Unfused baseline for the benchmark: the same scan kernels over inputs already
+    cross-scanned into (batch, 4, ., L) scan order; returns per-direction (batch, 4, C, L)."""
+    check_triton_inputs(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    if A.shape[1] == 1:
+        from .ss2d_n1 import ss2d_scan_n1_unfused
+        return ss2d_scan_n1_unfused(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
+                                    config)
+    from .ss2d_triton import ss2d_scan_general_unfused
+    return ss2d_scan_general_unfused(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
+                                     config)
+
+
+def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
+                  backend: Optional[str] = None, out_dtype: Optional[torch.dtype] = None,
+                  channels_last_out: bool = False) -> torch.Tensor:
+    """LayerNorm over dim 1 of a (batch, C, H, W) map with the backend switch of
+    :func:`ss2d_scan`. ``out_dtype`` (default x's dtype) and ``channels_last_out`` (store the
+    output channels-last) apply to the Triton path; the torch path follows ``F.layer_norm``."""
+    from .layernorm2d import layer_norm_2d_torch, layer_norm_2d_triton
+    if resolve_backend(backend, x) == 'triton':
+        return layer_norm_2d_triton(x, weight, bias, eps, out_dtype, channels_last_out)
+    return layer_norm_2d_torch(x, weight, bias, eps)

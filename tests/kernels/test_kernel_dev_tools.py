@@ -1,0 +1,34 @@
+"""tools/kernel_dev: the SASS instruction counter compiles the d_state 1 kernels without a GPU."""
+import os.path as osp
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+KERNEL_DEV = osp.join(ROOT, 'tools', 'kernel_dev')
+sys.path.insert(0, KERNEL_DEV)
+
+
+def test_kernel_sass_counts_the_chunk_loop_of_both_kernels():
+    # compiled for sm_90 without a GPU (in a process of its own: the tests run the kernels in
+    # Triton's interpreter); the counted loop is the first direction's chunk loop, whose
+    # instructions are attributed to the scan's source lines
+    import os
+    import re
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    tool = osp.join(KERNEL_DEV, 'kernel_sass.py')
+
+    def per_element(*args):
+        out = subprocess.run([sys.executable, tool, '--lines', '40', *args], env=env,
+                             capture_output=True, text=True, check=True).stdout
+        assert 'first chunk loop' in out and 'ss2d_n1.py:' in out and 'MUFU' in out, out
+        return float(re.search(r'([0-9.]+) per element', out).group(1))
+
+    forward = per_element()
+    assert 20 < forward < 1000
+    # the backward does more per element than the forward (it recomputes it)
+    assert per_element('--kernel', 'bwd', '--block-c', '2', '--warps', '1') > forward
+    with pytest.raises(SystemExit, match='unset TRITON_INTERPRET'):
+        import kernel_sass
+        kernel_sass.main([])

@@ -1,0 +1,198 @@
+"""VMamba against the backbones users choose instead (Swin, ConvNeXt), side by side in one
+process on one device: images/s of inference and training steps, peak memory, and each model's
+ratio to a reference peer.
+
+Every model is a backbone followed by global average pooling and a Linear head (1000 classes).
+VMamba comes from our configs; the peers from mmpretrain's registry (``--peers``:
+``swin-tiny``, ``convnext-small``, ... as ``<mmpretrain type>-<arch>``) and, where timm is
+installed, from timm (``--timm swin_tiny_patch4_window7_224 ...``). The models are measured in
+turn, with the same input, protocol and thread count.
+
+    python tools/analysis/compare_peers.py --device cpu --batch 1 8 --threads 2
+    python tools/analysis/compare_peers.py configs/vmamba/vmamba-small_8xb128_in1k.py \\
+        --peers swin-small convnext-small --device cuda --batch 128 --modes inference train \\
+        --amp fp16 --launch eager compile
+
+Prints a markdown table; ``--json FILE`` also writes the rows.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+import _common  # noqa: E402
+
+from mmvmamba.analysis import measure_throughput  # noqa: E402
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'vmamba', 'vmamba-tiny_8xb128_in1k.py')
+PEER_TYPES = {'swin': 'SwinTransformer', 'convnext': 'ConvNeXt'}
+
+
+class PooledClassifier(nn.Module):
+    """backbone (last stage) -> global average pool -> Linear, for any backbone returning a
+    tuple of maps (or of already pooled vectors, as mmpretrain's ConvNeXt does)."""
+
+    def __init__(self, backbone, channels, num_classes=1000):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        out = self.backbone(x)
+        out = out[-1] if isinstance(out, (tuple, list)) else out
+        return self.head(out.mean((2, 3)) if out.dim() == 4 else out)
+
+
+def _last_channels(backbone):
+    backbone.eval()  # (some mmpretrain backbones' train() returns None)
+    with torch.no_grad():
+        out = backbone(torch.zeros(1, 3, 224, 224))
+    out = out[-1] if isinstance(out, (tuple, list)) else out
+    return out.shape[1]
+
+
+def build_peer(name):
+    """``<family>-<arch>`` (family: swin | convnext) from mmpretrain's registry."""
+    family, _, arch = name.partition('-')
+    if family not in PEER_TYPES or not arch:
+        raise ValueError(f'peer {name!r} is not <family>-<arch> with family in '
+                         f'{sorted(PEER_TYPES)} (e.g. swin-tiny, convnext-base)')
+    from mmpretrain.registry import MODELS
+    cfg = dict(type=PEER_TYPES[family], arch=arch)
+    if family == 'swin':
+        cfg.update(img_size=224, out_indices=(3, ))
+    backbone = MODELS.build(cfg)
+    return PooledClassifier(backbone, _last_channels(backbone))
+
+
+def build_timm(name):
+    try:
+        import timm
+    except ImportError as e:
+        raise SystemExit(f'--timm {name}: timm is not installed ({e})')
+    return timm.create_model(name, pretrained=False, num_classes=1000)
+
+
+def models_to_compare(args):
+    """(label, builder) pairs, VMamba's first."""
+    entries = []
+    for path in args.configs:
+        cfg = _common.load_config(path)
+        label = osp.splitext(osp.basename(path))[0].split('_')[0]
+        entries.append((label, lambda cfg=cfg: _common.build_plain_classifier(cfg)))
+    entries += [(f'mmpretrain {p}', lambda p=p: build_peer(p)) for p in args.peers]
+    entries += [(f'timm {t}', lambda t=t: build_timm(t)) for t in args.timm]
+    return entries
+
+
+def _launch(model, launch):
+    if launch == 'compile':
+        return torch.compile(model)
+    return model
+
+
+def measure_all(args, entries):
+    rows = []
+    for label, build in entries:
+        model = build()
+        params = sum(p.numel() for p in model.parameters())
+        for launch in args.launch:
+            for mode in args.modes:
+                for amp in args.amp:
+                    for batch in args.batch:
+                        run = _launch(model, launch)
+                        r = measure_throughput(
+                            run, batch, tuple(args.shape), args.device, amp=amp,
+                            train=mode == 'train', warmup=args.warmup, repeats=args.repeats,
+                            cuda_graph=launch == 'graph')
+                        row = dict(model=label, params=params, launch=launch, mode=mode, amp=amp,
+                                   batch=batch, images_per_s=r['images_per_s'],
+                                   ms_per_batch=1e3 * batch / r['images_per_s'],
+                                   peak_gib=(r['peak_bytes'] / 2**30
+                                             if r['peak_bytes'] is not None else None))
+                        rows.append(row)
+                        print(f"{label} {launch} {mode} {amp} batch {batch}: "
+                              f"{row['images_per_s']:.1f} img/s, {row['ms_per_batch']:.1f} ms",
+                              flush=True)
+        del model
+    return rows
+
+
+def ratios(rows, reference):
+    """Each row's images/s over the reference model's in the same launch/mode/amp/batch."""
+    key = lambda r: (r['launch'], r['mode'], r['amp'], r['batch'])  # noqa: E731
+    ref = {key(r): r['images_per_s'] for r in rows if r['model'] == reference}
+    for r in rows:
+        base = ref.get(key(r))
+        r['ratio'] = r['images_per_s'] / base if base else None
+    return rows
+
+
+def table(rows, reference):
+    lines = [f'| model | params | launch | mode | amp | batch | img/s | ms/batch | peak GiB | '
+             f'vs {reference} |', '|---|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        peak = f"{r['peak_gib']:.1f}" if r['peak_gib'] is not None else '-'
+        ratio = f"{r['ratio']:.2f}x" if r['ratio'] is not None else '-'
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['launch']} | {r['mode']} | "
+                     f"{r['amp']} | {r['batch']} | {r['images_per_s']:.1f} | "
+                     f"{r['ms_per_batch']:.1f} | {peak} | {ratio} |")
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('configs', nargs='*', default=[DEFAULT_CONFIG],
+                        help='VMamba configs (default: VMamba-T)')
+    parser.add_argument('--peers', nargs='*', default=['swin-tiny', 'convnext-tiny'],
+                        help='mmpretrain backbones as <family>-<arch>')
+    parser.add_argument('--timm', nargs='*', default=[], help='timm model names')
+    parser.add_argument('--reference', help='model label the ratios are taken against '
+                        '(default: the first peer)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--batch', type=int, nargs='+', default=[1, 8])
+    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'))
+    parser.add_argument('--modes', nargs='+', default=['inference'],
+                        choices=['inference', 'train'])
+    parser.add_argument('--amp', nargs='+', default=['none'], choices=['none', 'fp16', 'bf16'])
+    parser.add_argument('--launch', nargs='+', default=['eager'],
+                        choices=['eager', 'compile', 'graph'])
+    parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--json', help='also write the rows to this file')
+    args = parser.parse_args(argv)
+    for path in args.configs:
+        if not osp.isfile(path):
+            parser.error(f'config {path!r} does not exist')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f'torch {torch.__version__}, device {args.device}'
+          + (f' ({torch.cuda.get_device_name()})' if args.device.startswith('cuda') else
+             f', {torch.get_num_threads()} threads'), flush=True)
+    entries = models_to_compare(args)
+    labels = [label for label, _ in entries]
+    reference = args.reference or (labels[1] if len(labels) > 1 else labels[0])
+    if reference not in labels:
+        raise SystemExit(f'--reference {reference!r} is none of {labels}')
+    rows = ratios(measure_all(args, entries), reference)
+    print(table(rows, reference))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == '__main__':
+    main()

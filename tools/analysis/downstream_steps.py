@@ -1,0 +1,216 @@
+"""Detection and segmentation at their real resolution, VMamba against Swin in one process:
+time of a training step (forward, backward and the config's AdamW step through mmengine's
+AmpOptimWrapper), inference images/s, and peak GPU memory, on synthetic inputs of the shapes the
+COCO / ADE20K pipelines produce.
+
+    python tools/analysis/downstream_steps.py                       # both tasks, T vs Swin-T
+    python tools/analysis/downstream_steps.py --tasks det --amp none --repeats 10
+
+Defaults: Mask R-CNN 1x at batch 2 of 800 x 1333 (our VMamba-T config and mmdet's own Swin-T
+config), UperNet 160k at batch 4 of 512 x 512 (ours and mmseg's Swin-T); fp16 autocast with a
+dynamic loss scale. Backbones start from random weights (no checkpoint is read). Any configs can
+be compared with ``--det-configs`` / ``--seg-configs`` (``mmdet::`` / ``mmseg::`` paths work).
+"""
+import argparse
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import mmvmamba  # noqa: E402,F401  (compat fixes and registration before any mm* import)
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DET_CONFIGS = [osp.join(ROOT, 'configs/mask_rcnn/mask-rcnn_vmamba-tiny_fpn_1x_coco.py'),
+               'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py']
+SEG_CONFIGS = [osp.join(ROOT, 'configs/upernet/upernet_vmamba-tiny_8xb2-160k_ade20k-512x512.py'),
+               'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py']
+AMP = {'none': None, 'fp16': 'float16', 'bf16': 'bfloat16'}
+
+
+def load_config(path):
+    """A config file, or a task library's own (``mmdet::swin/...``), which mmengine resolves
+    only as a ``_base_``: read through a one-line config inheriting it."""
+    if '::' not in path:
+        return Config.fromfile(path)
+    import tempfile
+    with tempfile.NamedTemporaryFile('w', suffix='.py', delete=False) as f:
+        f.write(f'_base_ = {path!r}\n')
+    try:
+        return Config.fromfile(f.name)
+    finally:
+        os.unlink(f.name)
+
+
+def build(path, amp):
+    """Model (random weights, on the GPU when there is one) and its config's optimizer wrapper,
+    switched to AmpOptimWrapper for ``amp``."""
+    from mmengine.optim import build_optim_wrapper
+    cfg = load_config(path)
+    init_default_scope(cfg.default_scope)
+    from mmengine.registry import MODELS
+    cfg.model.backbone.init_cfg = None
+    cfg.model.pop('pretrained', None)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model = model.to('cuda' if torch.cuda.is_available() else 'cpu')
+    wrapper = dict(cfg.optim_wrapper)
+    if amp != 'none':
+        wrapper.update(type='AmpOptimWrapper', dtype=AMP[amp], loss_scale='dynamic')
+    return model, build_optim_wrapper(model, Config(dict(w=wrapper)).w)
+
+
+def _rng_boxes(rng, count, height, width):
+    x1 = rng.uniform(0, width * 0.7, count)
+    y1 = rng.uniform(0, height * 0.7, count)
+    w = rng.uniform(32, width * 0.3, count)
+    h = rng.uniform(32, height * 0.3, count)
+    return np.stack([x1, y1, np.minimum(x1 + w, width - 1), np.minimum(y1 + h, height - 1)], 1)
+
+
+def detection_batch(batch, height, width, instances=6, seed=0):
+    """What mmdet's COCO pipeline hands the model: uint8 images and DetDataSamples with boxes,
+    labels and bitmap masks."""
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    rng = np.random.default_rng(seed)
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append(torch.from_numpy(rng.integers(0, 256, (3, height, width), dtype=np.uint8)))
+        boxes = _rng_boxes(rng, instances, height, width)
+        masks = np.zeros((instances, height, width), dtype=np.uint8)
+        for m, (x1, y1, x2, y2) in zip(masks, boxes.astype(int)):
+            m[y1:y2, x1:x2] = 1
+        sample = DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
+                                             scale_factor=(1.0, 1.0), img_id=0))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.from_numpy(boxes).float(),
+            labels=torch.from_numpy(rng.integers(0, 80, instances)),
+            masks=BitmapMasks(masks, height, width))
+        sample.ignored_instances = InstanceData(bboxes=torch.zeros(0, 4),
+                                                labels=torch.zeros(0, dtype=torch.long))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def segmentation_batch(batch, height, width, classes=150, seed=0):
+    """What mmseg's ADE20K pipeline hands the model: uint8 crops and SegDataSamples."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    rng = np.random.default_rng(seed)
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append(torch.from_numpy(rng.integers(0, 256, (3, height, width), dtype=np.uint8)))
+        sample = SegDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
+                                             pad_shape=(height, width), scale_factor=(1.0, 1.0),
+                                             flip=False))
+        sample.gt_sem_seg = PixelData(
+            data=torch.from_numpy(rng.integers(0, classes, (1, height, width))).long())
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def _timed(step, warmup, repeats):
+    times = []
+    for i in range(warmup + repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def measure(path, data, amp='fp16', warmup=2, repeats=6):
+    """One config: dict(train_s, losses (of the last step), infer_img_s, peak_gib)."""
+    model, wrapper = build(path, amp)
+    batch = len(data['inputs'])
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    model.train()
+    train_s, losses = _timed(lambda: model.train_step(data, wrapper), warmup, repeats)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    model.eval()
+    dtype = getattr(torch, AMP[amp]) if amp != 'none' else None
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+    def infer():
+        with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            return model.test_step(data)
+
+    infer_s, _ = _timed(infer, warmup, repeats)
+    losses = {k: float(v) for k, v in losses.items()}
+    return dict(config=path, train_s=train_s, infer_img_s=batch / infer_s, peak_gib=peak,
+                losses=losses, params=sum(p.numel() for p in model.parameters()))
+
+
+def run(tasks, det_configs=DET_CONFIGS, seg_configs=SEG_CONFIGS, det_shape=(800, 1333),
+        seg_shape=(512, 512), det_batch=2, seg_batch=4, amp='fp16', warmup=2, repeats=6):
+    rows = []
+    for task in tasks:
+        if task == 'det':
+            data = detection_batch(det_batch, *det_shape)
+            configs, shape, batch = det_configs, det_shape, det_batch
+        else:
+            data = segmentation_batch(seg_batch, *seg_shape)
+            configs, shape, batch = seg_configs, seg_shape, seg_batch
+        for path in configs:
+            row = measure(path, data, amp, warmup, repeats)
+            row.update(task=task, shape=shape, batch=batch, amp=amp)
+            rows.append(row)
+            print(f"{task} {osp.basename(path)}: train step {row['train_s'] * 1e3:.1f} ms, "
+                  f"inference {row['infer_img_s']:.1f} img/s, peak {row['peak_gib'] or 0:.1f} GiB",
+                  flush=True)
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return rows
+
+
+def table(rows):
+    lines = ['| task | config | batch x shape | train step ms | vs first | inference img/s | '
+             'vs first | peak train GiB |', '|---|---|---|---|---|---|---|---|']
+    first = {}
+    for r in rows:
+        base = first.setdefault(r['task'], r)
+        peak = f"{r['peak_gib']:.1f}" if r['peak_gib'] is not None else '-'
+        lines.append(
+            f"| {r['task']} | {osp.basename(r['config'])} | {r['batch']} x {r['shape'][0]}x"
+            f"{r['shape'][1]} | {r['train_s'] * 1e3:.1f} | {base['train_s'] / r['train_s']:.2f}x |"
+            f" {r['infer_img_s']:.1f} | {r['infer_img_s'] / base['infer_img_s']:.2f}x | {peak} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--tasks', nargs='+', default=['det', 'seg'], choices=['det', 'seg'])
+    parser.add_argument('--det-configs', nargs='+', default=DET_CONFIGS)
+    parser.add_argument('--seg-configs', nargs='+', default=SEG_CONFIGS)
+    parser.add_argument('--det-shape', type=int, nargs=2, default=[800, 1333], metavar=('H', 'W'))
+    parser.add_argument('--seg-shape', type=int, nargs=2, default=[512, 512], metavar=('H', 'W'))
+    parser.add_argument('--det-batch', type=int, default=2)
+    parser.add_argument('--seg-batch', type=int, default=4)
+    parser.add_argument('--amp', default='fp16', choices=sorted(AMP))
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=6)
+    args = parser.parse_args(argv)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'
+    print(f'torch {torch.__version__} on {device}', flush=True)
+    rows = run(args.tasks, args.det_configs, args.seg_configs, tuple(args.det_shape),
+               tuple(args.seg_shape), args.det_batch, args.seg_batch, args.amp, args.warmup,
+               args.repeats)
+    print(table(rows))
+    return rows
+
+
+if __name__ == '__main__':
+    main()
