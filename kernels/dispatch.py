@@ -65,19 +65,32 @@ def ss2d_scan(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
     return ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
 
 
+def _traced():
+    """Inside torch.compile, torch.jit tracing or an ONNX export: only torch ops may run."""
+    compiling = getattr(torch.compiler, 'is_compiling', lambda: False)()
+    return compiling or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, chunk_size=None):
-    """Torch path of :func:`ss2d_scan`. Without gradients to track (inference) the scan is solved
-    along the map's rows and columns (:func:`vmamba_kernels.ss2d_grid.ss2d_scan_grid`: about
-    2 * sqrt(H * W) vectorised steps); with gradients, or a forced ``chunk_size``, in the
+    """The non-Triton path of :func:`ss2d_scan`. Without gradients to track (inference), float32
+    or half inputs on the CPU run the compiled C scan (:mod:`vmamba_kernels.cpu_scan`) where it
+    is available; otherwise, and when traced or compiled, the scan is solved along the map's
+    rows and columns in torch (:func:`vmamba_kernels.ss2d_grid.ss2d_scan_grid`: about
+    2 * sqrt(H * W) vectorised steps). With gradients, or a forced ``chunk_size``, it runs the
     differentiable chunked closed form (:func:`vmamba_kernels.reference.ss2d_scan_chunked`)."""
+    from .cpu_scan import MAX_STATE, cpu_kernel_available, ss2d_scan_cpu
     from .reference import ss2d_scan_chunked
     from .ss2d_grid import ss2d_scan_grid
     inputs = (x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in inputs)
-    if chunk_size is None and not needs_grad:
-        return ss2d_scan_grid(*inputs)
-    return ss2d_scan_chunked(*inputs, chunk_size=chunk_size)
+    if chunk_size is not None or needs_grad:
+        return ss2d_scan_chunked(*inputs, chunk_size=chunk_size)
+    check_ss2d_inputs(*inputs)
+    if (x.device.type == 'cpu' and x.dtype != torch.float64 and A.shape[1] <= MAX_STATE
+            and not _traced() and cpu_kernel_available()):
+        return ss2d_scan_cpu(*inputs)
+    return ss2d_scan_grid(*inputs)
 
 
 def ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, **config):

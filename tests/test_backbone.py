@@ -77,6 +77,29 @@ def test_forward_backward_on_cpu():
     assert model.layers[0].blocks[0].op.A_logs.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize('arch', [dict(dims=16, depths=(1, 1, 2, 1)),
+                                  dict(dims=16, depths=(1, 1, 1, 1), d_state=4, ssm_ratio=2.0,
+                                       mlp_ratio=0.0, conv_bias=True, gate=True,
+                                       stem='patchify', downsample='merging')])
+def test_cpu_inference_paths_match_the_float64_model(arch):
+    # inference on CPU takes the compiled C scan (float32), the float64 model the torch scan
+    # along rows and columns; the differentiable path gives the third opinion
+    from vmamba_kernels import cpu_scan
+    model = VMamba(arch, out_indices=(0, 1, 2, 3)).eval()
+    x = torch.randn(2, 3, 72, 56)
+    with torch.no_grad():
+        fast = model(x)
+        exact = model.double()(x.double())
+    model.float()
+    with torch.enable_grad():
+        differentiable = model(x.requires_grad_(True))
+    assert cpu_scan.cpu_kernel_available()
+    for f, e, d in zip(fast, exact, differentiable):
+        scale = e.abs().max()
+        assert (f.double() - e).abs().max() / scale < 1e-4
+        assert (d.detach().double() - e).abs().max() / scale < 1e-4
+
+
 def test_torch_and_triton_paths_give_the_same_model_output_and_gradients():
     # the scan and every LayerNorm2d switch together (Triton in the interpreter here)
     torch.manual_seed(0)
