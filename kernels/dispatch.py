@@ -67,8 +67,9 @@ def ss2d_scan(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
 
 def _traced():
     """Inside torch.compile, torch.jit tracing or an ONNX export: only torch ops may run."""
-    compiling = getattr(torch.compiler, 'is_compiling', lambda: False)()
-    return compiling or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    compiler = torch.compiler
+    return (compiler.is_compiling() or getattr(compiler, 'is_exporting', lambda: False)()
+            or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 def ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, chunk_size=None):

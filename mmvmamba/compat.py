@@ -3,6 +3,7 @@ mmseg 1.2, mmpretrain 1.2). Every fix found by running them lives here, one reas
 Imported by ``mmvmamba/__init__.py`` before anything else; each fix is idempotent.
 """
 import enum
+import importlib.machinery
 import sys
 import types
 
@@ -104,6 +105,9 @@ def _install_torchvision_shim():
     ops.nms = _missing('ops.nms (use mmcv.ops.nms)')
     root.transforms, root.ops = transforms, ops
     for mod in (root, transforms, functional, transforms_mod, ops, boxes):
+        # a spec, as imported modules have (importlib.util.find_spec, used by torch.onnx's
+        # exporter among others, raises on a module whose __spec__ is None)
+        mod.__spec__ = importlib.machinery.ModuleSpec(mod.__name__, loader=None)
         sys.modules[mod.__name__] = mod
 
 
