@@ -116,7 +116,7 @@ def export(module, shape, batch, out, output_names, opset=18, metadata=None):
     return x
 
 
-def session(path, threads=None):
+def ort_session(path, threads=None):
     import onnxruntime as ort
     options = ort.SessionOptions()
     if threads:
@@ -127,7 +127,7 @@ def session(path, threads=None):
 def verify(module, path, x, rtol=1e-4):
     """Largest absolute difference between onnxruntime and PyTorch over all outputs, and that
     difference relative to the largest PyTorch output; raises above ``rtol``."""
-    sess = session(path)
+    sess = ort_session(path)
     outs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         refs = module(x)
@@ -149,7 +149,7 @@ def evaluate_classification(cfg, path):
     from mmengine.runner import Runner
     loader = Runner.build_dataloader(cfg.test_dataloader)
     mean, std, to_rgb = normalisation(cfg)
-    sess = session(path)
+    sess = ort_session(path)
     name = sess.get_inputs()[0].name
     batch = sess.get_inputs()[0].shape[0]
     correct = total = 0
@@ -169,7 +169,7 @@ def evaluate_classification(cfg, path):
 
 def benchmark(module, path, x, repeats=5, threads=None):
     """Median ms per batch: onnxruntime and PyTorch eager, same input and thread count."""
-    sess = session(path, threads)
+    sess = ort_session(path, threads)
     feed = {sess.get_inputs()[0].name: x.numpy()}
 
     def median(fn):

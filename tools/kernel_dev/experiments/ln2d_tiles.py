@@ -18,7 +18,7 @@ from vmamba_kernels import layernorm2d as ln
 @triton.jit
 def _ln2d_bwd_whole_tile(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, C, P,
                          NPB, sxc, sxp, syc, syp, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """The backward before the fifth session's change: one (all channels, BLOCK_P) tile per
+    """The backward before commit bc14fc8: one (all channels, BLOCK_P) tile per
     program, x and dy read once."""
     pid_p, b, c, p, cm, pm, m2 = ln._tile(C, P, BLOCK_C, BLOCK_P)
     base = b * C * P
