@@ -100,7 +100,9 @@ def _pointer(t: Optional[torch.Tensor]):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
-def ss2d_scan_cpu(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None):
+def ss2d_scan_cpu(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
+                  dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
+                  D: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The fused SS2D core (contract of :func:`vmamba_kernels.ss2d_scan`, inputs already checked)
     in float32 on CPU tensors, without autograd.
 

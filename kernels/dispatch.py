@@ -72,7 +72,10 @@ def _traced():
             or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
-def ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, chunk_size=None):
+def ss2d_scan_torch(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
+                    dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
+                    D: Optional[torch.Tensor] = None,
+                    chunk_size: Optional[int] = None) -> torch.Tensor:
     """The non-Triton path of :func:`ss2d_scan`. Without gradients to track (inference), float32
     or half inputs on the CPU run the compiled C scan (:mod:`vmamba_kernels.cpu_scan`) where it
     is available; otherwise, and when traced or compiled, the scan is solved along the map's
@@ -94,7 +97,9 @@ def ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, chunk_size
     return ss2d_scan_grid(*inputs)
 
 
-def ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, **config):
+def ss2d_scan_triton(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
+                     dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
+                     D: Optional[torch.Tensor] = None, **config) -> torch.Tensor:
     """Triton path of :func:`ss2d_scan`; returns (batch, C, H, W) float32.
 
     d_state 1 runs the kernels of ``ss2d_n1.py`` (``config``: see

@@ -17,6 +17,7 @@ reversed); the cross merge maps each sequence back to (H, W) and sums them.
 """
 import math
 from functools import lru_cache
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,9 @@ def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
+def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                         C: torch.Tensor, D: Optional[torch.Tensor] = None,
+                         delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
                          chunk_size=None):
     """S6 selective scan (mamba-ssm semantics). Returns y like ``u`` in shape, in float32
     (float64 when ``u`` is float64).
@@ -128,28 +131,28 @@ def _orders_cpu(height, width):
     return torch.stack([row, col, row.flip(0), col.flip(0)])
 
 
-def scan_orders(height, width, device=None):
+def scan_orders(height: int, width: int, device=None) -> torch.Tensor:
     """(4, H*W) long tensor: ``orders[k, t]`` is the row-major spatial index visited at step t of
     direction k (0: row-major, 1: column-major, 2: reversed row-major, 3: reversed column-major)."""
     orders = _orders_cpu(int(height), int(width))
     return orders if device is None else orders.to(device)
 
 
-def to_scan_order(t, height, width):
+def to_scan_order(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(batch, 4, J, H*W) in spatial order -> the same in each direction's scan order."""
     orders = scan_orders(height, width, t.device)
     index = orders.view(1, NUM_DIRECTIONS, 1, -1).expand(t.shape[0], -1, t.shape[2], -1)
     return torch.gather(t, 3, index)
 
 
-def cross_scan(x):
+def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """(batch, C, H, W) -> (batch, 4, C, H*W): the map read in the 4 scan orders."""
     batch, channels, height, width = x.shape
     flat = x.reshape(batch, 1, channels, height * width).expand(-1, NUM_DIRECTIONS, -1, -1)
     return to_scan_order(flat, height, width)
 
 
-def cross_merge(ys, height, width):
+def cross_merge(ys: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(batch, 4, C, H*W) in scan order -> (batch, C, H, W): each direction mapped back, summed."""
     batch, k, channels, length = ys.shape
     orders = scan_orders(height, width, ys.device)
@@ -158,7 +161,10 @@ def cross_merge(ys, height, width):
     return spatial.sum(1).view(batch, channels, height, width)
 
 
-def ss2d_scan_chunked(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, chunk_size=None):
+def ss2d_scan_chunked(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
+                      dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
+                      D: Optional[torch.Tensor] = None,
+                      chunk_size: Optional[int] = None) -> torch.Tensor:
     """The fused SS2D core (contract of :func:`vmamba_kernels.ss2d_scan`) as cross scan, the
     selective scan above and cross merge: the differentiable torch path.
 

@@ -58,20 +58,22 @@ def scan_lines(log_decay: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """
     steps, lines = inputs.shape[-2:]
     decay = torch.exp(log_decay)
-    states = torch.empty_like(inputs)
-    states[..., 0, :] = inputs[..., 0, :]
-    for t in range(1, steps):  # every line from a zero state, all lines at once
-        torch.addcmul(inputs[..., t, :], decay[..., t, :], states[..., t - 1, :],
-                      out=states[..., t, :])
+    # every line from a zero state, all lines at once; the steps are kept as a list and stacked
+    # once (no in-place writes: traced for ONNX, a write into a slice becomes a copy of the
+    # whole tensor per step)
+    rows = [inputs[..., 0, :]]
+    for t in range(1, steps):
+        rows.append(torch.addcmul(inputs[..., t, :], decay[..., t, :], rows[-1]))
+    states = torch.stack(rows, -2)
     if lines == 1:
         return states
     # decay from each line's start to step t, and the state each line receives from the last
     from_start = torch.exp(log_decay.cumsum(-2))
-    carried = torch.zeros_like(states[..., 0, :])
+    carried = [torch.zeros_like(states[..., 0, 0])]
     for j in range(1, lines):
-        torch.addcmul(states[..., -1, j - 1], from_start[..., -1, j - 1], carried[..., j - 1],
-                      out=carried[..., j])
-    return torch.addcmul(states, from_start, carried.unsqueeze(-2))
+        carried.append(torch.addcmul(states[..., -1, j - 1], from_start[..., -1, j - 1],
+                                     carried[-1]))
+    return torch.addcmul(states, from_start, torch.stack(carried, -1).unsqueeze(-2))
 
 
 def _scan_group(ks: Sequence[int], x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, cdt):

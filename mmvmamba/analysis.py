@@ -2,6 +2,7 @@
 import contextlib
 import statistics
 import time
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ __all__ = ['count_flops', 'scan_flops', 'measure_throughput', 'effective_recepti
 AMP_DTYPES = {None: None, 'none': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
-def scan_flops(batch, length, channels, d_state, rank):
+def scan_flops(batch: int, length: int, channels: int, d_state: int, rank: int) -> int:
     """FLOPs of one fused SS2D scan over ``channels`` = 4 * d_inner sequences: the Mamba
     authors' 9 * B * L * D * N for the recurrence, B * L * D for the D skip, and the rank-R dt
     projection our kernel does inside (B * L * D * R multiply-adds)."""
@@ -46,7 +47,8 @@ def _counting_hooks(counter):
         ss2d_module.ss2d_scan, layers_module.F.layer_norm = scan, layer_norm
 
 
-def count_flops(model, shape=(224, 224), batch=1, forward=None):
+def count_flops(model: torch.nn.Module, shape: Tuple[int, int] = (224, 224), batch: int = 1,
+                forward: Optional[Callable] = None) -> Dict[str, int]:
     """FLOPs (multiply-adds counted once, the convention of the VMamba/Swin tables) of
     ``forward(model, inputs)`` (default ``model(inputs)``) on a (batch, 3, H, W) input.
 
@@ -91,7 +93,9 @@ def _graphed_step(model, x, autocast, train):
     return graphed
 
 
-def measure_throughput(model, batch, shape=(224, 224), device='cpu', amp=None, train=False,
+def measure_throughput(model: torch.nn.Module, batch: int, shape: Tuple[int, int] = (224, 224),
+                       device: Union[str, torch.device] = 'cpu', amp: Optional[str] = None,
+                       train: bool = False,
                        optimizer=None, warmup=3, repeats=10, progress=None, cuda_graph=False):
     """Images per second (median over ``repeats`` timed steps after ``warmup``) and peak memory
     (bytes, CUDA only) of inference, or of training steps (forward + backward, plus the
@@ -145,7 +149,8 @@ def measure_throughput(model, batch, shape=(224, 224), device='cpu', amp=None, t
                 median_s=statistics.median(times))
 
 
-def effective_receptive_field(backbone, images, stage=-1, progress=None):
+def effective_receptive_field(backbone: torch.nn.Module, images: torch.Tensor, stage: int = -1,
+                              progress: Optional[Callable] = None) -> torch.Tensor:
     """Mean over images of |d (centre of the stage's feature map, summed over channels) / d input|,
     summed over input channels: an (H, W) map (RepLKNet / the VMamba paper's ERF)."""
     backbone.eval()

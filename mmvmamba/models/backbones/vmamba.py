@@ -1,5 +1,6 @@
 """VMamba backbone (final and v0 architectures) for mmpretrain, mmdet and mmseg."""
 from copy import deepcopy
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -77,9 +78,11 @@ class VMamba(BaseModule):
     _ARCH_KEYS = {'dims', 'depths', 'd_state', 'ssm_ratio', 'mlp_ratio', 'conv_bias', 'gate',
                   'stem', 'downsample', 'drop_path_rate'}
 
-    def __init__(self, arch='tiny', in_channels=3, out_indices=(3, ), norm_outputs=True,
-                 frozen_stages=-1, drop_path_rate=None, with_cp=False, scan_backend=None,
-                 compile=False, init_cfg=None):
+    def __init__(self, arch: Union[str, dict] = 'tiny', in_channels: int = 3,
+                 out_indices: Sequence[int] = (3, ), norm_outputs: bool = True,
+                 frozen_stages: int = -1, drop_path_rate: Optional[float] = None,
+                 with_cp: bool = False, scan_backend: Optional[str] = None,
+                 compile: Union[bool, dict] = False, init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(compile, (bool, dict)):
             raise TypeError('compile must be a bool or a dict of torch.compile arguments, got '
@@ -184,7 +187,7 @@ class VMamba(BaseModule):
             for p in module.parameters():
                 p.requires_grad = False
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> 'VMamba':
         super().train(mode)
         self._freeze_stages()
         return self
@@ -196,7 +199,7 @@ class VMamba(BaseModule):
             return x
         return blocks(x)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if x.dim() != 4:
             raise ValueError(f'VMamba expects (batch, channels, H, W) input, got shape '
                              f'{tuple(x.shape)}')
