@@ -7,7 +7,7 @@ from OpenMMLab. Public entry points (routing in ``dispatch.py``):
   backend switch: Triton on CUDA tensors, torch elsewhere.
 * :func:`layer_norm_2d` - LayerNorm over the channels of a (batch, C, H, W) map, the same
   switch (Triton kernel on CUDA, ``F.layer_norm`` elsewhere).
-* :func:`ss2d_scan_grid` - the torch inference path (no autograd), solved along the map's rows
+* :func:`ss2d_scan_grid` - the torch inference and export path, solved along the map's rows
   and columns; :func:`ss2d_scan_chunked` - the differentiable torch path.
 * :func:`selective_scan_torch`, :func:`cross_scan`, :func:`cross_merge` - the torch reference
   pieces (mamba-ssm semantics).

@@ -35,12 +35,11 @@ MAX_BLOCK = 64  # channels per task at most (the kernel's MAX_BLOCK)
 
 def _cpu_signature():
     """What the compiled code depends on besides its source: the machine's instruction set."""
-    flags = ''
     try:
         with open('/proc/cpuinfo') as f:
             flags = next((line for line in f if line.startswith(('flags', 'Features'))), '')
-    except OSError:
-        pass
+    except OSError:  # no /proc/cpuinfo (not Linux): the processor's name must do
+        flags = platform.processor()
     return platform.machine() + flags
 
 

@@ -1,5 +1,5 @@
-"""SS2D core without autograd, vectorised over the map's rows and columns (the CPU inference path,
-and the form the ONNX export traces).
+"""SS2D core vectorised over the map's rows and columns: the torch inference path (where the
+compiled CPU scan is unavailable) and the form the ONNX export traces.
 
 Each of VMamba's four scan orders walks the (H, W) map line by line: the row-major walk is H
 rows of W steps, the column-major walk W columns of H steps, the other two the same backwards.
@@ -79,7 +79,7 @@ def scan_lines(log_decay: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
 def _scan_group(ks: Sequence[int], x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, cdt):
     """Directions ``ks`` (sharing one grid shape) solved together; returns their outputs, each
     as a row-major (batch, C, H, W) map."""
-    batch, channels, height, width = x.shape
+    channels, height, width = x.shape[1:]
     d_state = A.shape[1]
     index = list(ks)
 
@@ -106,8 +106,8 @@ def ss2d_scan_grid(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tenso
                    D: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The fused SS2D core (contract of :func:`vmamba_kernels.ss2d_scan`) solved line by line.
 
-    No autograd graph is built through the in-place steps: call it without gradients (the torch
-    backend does so for inference and falls back to the differentiable chunked form otherwise).
+    Differentiable, but autograd through its ~2 sqrt(H * W) steps per block is slower than the
+    chunked closed form: the torch backend uses this for inference and traced graphs (ONNX) only.
 
     Returns:
         Tensor: (batch, C, H, W) float32 (float64 for float64 ``x``).
