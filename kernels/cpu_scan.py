@@ -91,7 +91,9 @@ def cpu_kernel_available() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _pool(workers):
+def _pool(workers, pid):
+    """One pool per process (``pid``): a forked child inherits the parent's pool object but not
+    its threads, and would wait on them forever."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix='vmamba-cpu-scan')
 
 
@@ -139,7 +141,8 @@ def ss2d_scan_cpu(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor
         f(*args, *sizes, 0, tasks)
     else:
         step = -(-tasks // workers)
-        jobs = [_pool(workers).submit(f, *args, *sizes, i, min(i + step, tasks))
+        pool = _pool(workers, os.getpid())
+        jobs = [pool.submit(f, *args, *sizes, i, min(i + step, tasks))
                 for i in range(0, tasks, step)]
         for job in jobs:
             job.result()

@@ -56,7 +56,9 @@ def ss2d_scan(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
 
     Returns:
         Tensor: (batch, C, H, W) float32 (float64 for float64 input on the torch path): the sum over
-        the 4 directions of each direction's scan output, mapped back to (H, W).
+        the 4 directions of each direction's scan output, mapped back to (H, W). CPU inference
+        returns it stored channels-last (what the following LayerNorm reads without a copy):
+        use ``reshape`` rather than ``view`` on it.
     """
     # both paths validate every argument; only x is needed to choose between them
     check_tensor('x', x, 4)

@@ -146,3 +146,4 @@ def test_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
         assert built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
     finally:
         cpu_scan._library.cache_clear()
+
