@@ -64,12 +64,15 @@ class Linear2d(nn.Linear):
     In half precision (bf16/fp16 maps or autocast) it is ``F.linear`` on the channels-last view:
     one GEMM, no layout change when the map is stored channels-last (as
     LayerNorm2d(feeds_linear=True) and this layer write it), and far less dispatch overhead than
-    a 1x1 convolution, which dominated launch-bound training steps. In float32 it stays a 1x1
-    convolution: cuDNN runs those in TF32 by default (``torch.backends.cudnn.allow_tf32``) where
-    a float32 GEMM would not, which made the GEMM 30% slower end to end (docs/kernels.md)."""
+    a 1x1 convolution, which dominated launch-bound training steps. Float32 maps on CUDA stay a
+    1x1 convolution: cuDNN runs those in TF32 by default (``torch.backends.cudnn.allow_tf32``)
+    where a float32 GEMM would not, which made the GEMM 30% slower end to end (docs/kernels.md).
+    On the CPU the GEMM is the faster of the two (VMamba-T inference at batch 1, 2 threads:
+    121 -> 102 ms; docs/notes/2026-12-01.md)."""
 
     def forward(self, x):
-        if x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+        if (x.is_cuda and x.dtype == torch.float32
+                and not torch.is_autocast_enabled(x.device.type)):
             return F.conv2d(x, self.weight[:, :, None, None], self.bias)
         return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
 
