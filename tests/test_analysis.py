@@ -144,3 +144,21 @@ def test_cuda_graph_launch_needs_a_gpu():
         measure_throughput(torch.nn.Conv2d(3, 4, 3), 2, (8, 8), 'cpu', cuda_graph=True)
     with pytest.raises(SystemExit):
         benchmark.main([DIGITS, '--device', 'cpu', '--launch', 'graph'])
+
+
+def test_compare_peers_measures_every_model_and_case_against_the_reference(tmp_path):
+    import json
+
+    import compare_peers
+    out = tmp_path / 'rows.json'
+    rows = compare_peers.main([DIGITS, '--peers', 'convnext-tiny', '--device', 'cpu', '--batch',
+                               '1', '2', '--shape', '32', '32', '--warmup', '0', '--repeats', '1',
+                               '--json', str(out)])
+    assert [(r['model'], r['batch']) for r in rows] == [
+        ('vmamba-nano', 1), ('vmamba-nano', 2), ('mmpretrain convnext-tiny', 1),
+        ('mmpretrain convnext-tiny', 2)]
+    assert all(r['images_per_s'] > 0 for r in rows)
+    assert [r['ratio'] for r in rows[2:]] == [1.0, 1.0]  # the first peer is the reference
+    assert json.loads(out.read_text()) == rows
+    with pytest.raises(ValueError, match='family'):
+        compare_peers.build_peer('resnet-50')

@@ -16,6 +16,7 @@ turn, with the same input, protocol and thread count.
 Prints a markdown table; ``--json FILE`` also writes the rows.
 """
 import argparse
+import itertools
 import json
 import os.path as osp
 import sys
@@ -98,27 +99,24 @@ def _launch(model, launch):
 
 def measure_all(args, entries):
     rows = []
+    cases = list(itertools.product(args.modes, args.amp, args.batch))
     for label, build in entries:
         model = build()
         params = sum(p.numel() for p in model.parameters())
         for launch in args.launch:
-            for mode in args.modes:
-                for amp in args.amp:
-                    for batch in args.batch:
-                        run = _launch(model, launch)
-                        r = measure_throughput(
-                            run, batch, tuple(args.shape), args.device, amp=amp,
-                            train=mode == 'train', warmup=args.warmup, repeats=args.repeats,
-                            cuda_graph=launch == 'graph')
-                        row = dict(model=label, params=params, launch=launch, mode=mode, amp=amp,
-                                   batch=batch, images_per_s=r['images_per_s'],
-                                   ms_per_batch=1e3 * batch / r['images_per_s'],
-                                   peak_gib=(r['peak_bytes'] / 2**30
-                                             if r['peak_bytes'] is not None else None))
-                        rows.append(row)
-                        print(f"{label} {launch} {mode} {amp} batch {batch}: "
-                              f"{row['images_per_s']:.1f} img/s, {row['ms_per_batch']:.1f} ms",
-                              flush=True)
+            run = _launch(model, launch)  # one compiled wrapper serves every case
+            for mode, amp, batch in cases:
+                r = measure_throughput(run, batch, tuple(args.shape), args.device, amp=amp,
+                                       train=mode == 'train', warmup=args.warmup,
+                                       repeats=args.repeats, cuda_graph=launch == 'graph')
+                peak = r['peak_bytes'] / 2**30 if r['peak_bytes'] is not None else None
+                row = dict(model=label, params=params, launch=launch, mode=mode, amp=amp,
+                           batch=batch, images_per_s=r['images_per_s'],
+                           ms_per_batch=1e3 * batch / r['images_per_s'], peak_gib=peak)
+                rows.append(row)
+                print(f"{label} {launch} {mode} {amp} batch {batch}: "
+                      f"{row['images_per_s']:.1f} img/s, {row['ms_per_batch']:.1f} ms",
+                      flush=True)
         del model
     return rows
 
