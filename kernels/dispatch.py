@@ -135,8 +135,18 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
                   channels_last_out: bool = False) -> torch.Tensor:
     """LayerNorm over dim 1 of a (batch, C, H, W) map with the backend switch of
     :func:`ss2d_scan`. ``out_dtype`` (default x's dtype) and ``channels_last_out`` (store the
-    output channels-last) apply to the Triton path; the torch path follows ``F.layer_norm``."""
+    output channels-last) apply to the Triton path; the torch path follows ``F.layer_norm``.
+    Inside ``torch.compile`` the torch path runs on every device (inductor fuses it), with
+    ``out_dtype`` applied."""
     from .layernorm2d import layer_norm_2d_torch, layer_norm_2d_triton
-    if resolve_backend(backend, x) == 'triton':
+    compiling = torch.compiler.is_compiling()
+    if resolve_backend(backend, x) == 'triton' and not compiling:
         return layer_norm_2d_triton(x, weight, bias, eps, out_dtype, channels_last_out)
-    return layer_norm_2d_torch(x, weight, bias, eps)
+    out = layer_norm_2d_torch(x, weight, bias, eps)
+    if compiling and out_dtype is not None:
+        # under torch.compile every backend takes this path: inductor generates the norm and
+        # fuses it with the residual adds and casts around it, where the Triton kernel would be
+        # an opaque call (a launch and a dispatch per norm, no fusion); the cast is the one the
+        # Triton path would have written
+        out = out.to(out_dtype)
+    return out

@@ -96,12 +96,15 @@ def _graphed_step(model, x, autocast, train):
 def measure_throughput(model: torch.nn.Module, batch: int, shape: Tuple[int, int] = (224, 224),
                        device: Union[str, torch.device] = 'cpu', amp: Optional[str] = None,
                        train: bool = False,
-                       optimizer=None, warmup=3, repeats=10, progress=None, cuda_graph=False):
+                       optimizer=None, warmup=3, repeats=10, progress=None, cuda_graph=False,
+                       before_step: Optional[Callable[[], None]] = None):
     """Images per second (median over ``repeats`` timed steps after ``warmup``) and peak memory
     (bytes, CUDA only) of inference, or of training steps (forward + backward, plus the
     optimizer step when ``optimizer`` is given). ``amp``: a key of :data:`AMP_DTYPES`.
     ``cuda_graph``: replay the model from CUDA graphs (see :func:`_graphed_step`): no per-kernel
-    launch cost on the CPU, for steps that are launch-bound."""
+    launch cost on the CPU, for steps that are launch-bound. ``before_step`` is called before
+    each step (e.g. ``torch.compiler.cudagraph_mark_step_begin`` for a model compiled with
+    ``mode='reduce-overhead'``)."""
     device = torch.device(device)
     model = model.to(device).train(train)
     x = torch.randn(batch, 3, *shape, device=device)
@@ -120,6 +123,8 @@ def measure_throughput(model: torch.nn.Module, batch: int, shape: Tuple[int, int
         forward = _graphed_step(model, x, autocast, train)
 
     def step():
+        if before_step is not None:
+            before_step()
         if not train:
             if cuda_graph:
                 forward()

@@ -162,3 +162,35 @@ def test_compare_peers_measures_every_model_and_case_against_the_reference(tmp_p
     assert json.loads(out.read_text()) == rows
     with pytest.raises(ValueError, match='family'):
         compare_peers.build_peer('resnet-50')
+
+
+def test_compare_peers_builds_a_fresh_model_for_every_launch_mode(monkeypatch):
+    # capturing training graphs replaces the module's forward: a model shared between launch
+    # modes made the 'compile' rows measure the graphs captured for the 'graph' rows
+    import argparse
+
+    import compare_peers
+    built, compiled, step_marks = [], [], []
+
+    def build():
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+        built.append(model)
+        return model
+
+    def fake_compile(model, **kwargs):
+        compiled.append((model, kwargs))
+        return model
+
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    monkeypatch.setattr(torch.compiler, 'cudagraph_mark_step_begin',
+                        lambda: step_marks.append(1))
+    args = argparse.Namespace(modes=['inference', 'train'], amp=['none'], batch=[2],
+                              shape=[8, 8], device='cpu', warmup=1, repeats=2,
+                              launch=['eager', 'compile', 'compile-graphs'])
+    rows = compare_peers.measure_all(args, [('net', build)])
+    assert [(r['launch'], r['mode']) for r in rows] == [
+        (launch, mode) for launch in args.launch for mode in args.modes]
+    assert len(built) == 3 and len({id(m) for m in built}) == 3
+    assert [(m, kw) for m, kw in compiled] == [(built[1], {}),
+                                               (built[2], {'mode': 'reduce-overhead'})]
+    assert len(step_marks) == 2 * 3  # every step of both modes of compile-graphs

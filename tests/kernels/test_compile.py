@@ -2,6 +2,7 @@
 compiled forward and every gradient equal to eager and to the float64 reference."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vmamba_kernels as vk
 from vmamba_kernels.layernorm2d import layer_norm_2d_triton
@@ -95,3 +96,32 @@ def test_compiled_backward_ignores_autocast_like_eager():
     assert rel_err(y, y_eager) <= 1e-5
     for name in PARAMS:
         assert rel_err(g[name], g_eager[name]) <= 1e-5, (name, rel_err(g[name], g_eager[name]))
+
+
+def test_layer_norm_is_left_to_inductor_under_compile():
+    # inside torch.compile the norm is plain torch ops (inductor fuses it with its neighbours;
+    # as an opaque Triton call it cost VMamba-T compiled fp16 inference 2x on the H200), with
+    # the output dtype the Triton path writes; eager calls still run the Triton kernel
+    from vmamba_kernels import layer_norm_2d
+    torch._dynamo.reset()
+    x = torch.randn(2, 7, 5, 6) * 2 + 1
+    weight, bias = torch.randn(7) * 0.5 + 1, torch.randn(7) * 0.1
+    graphs = []
+
+    def capture(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def norm(x, weight, bias):
+        return layer_norm_2d(x, weight, bias, 1e-5, backend='triton',
+                             out_dtype=torch.bfloat16, channels_last_out=True)
+
+    eager = norm(x, weight, bias)
+    compiled = torch.compile(norm, backend=capture, fullgraph=True)(x, weight, bias)
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == 'call_function']
+    assert targets and not any('vmamba_kernels' in t for t in targets), targets
+    assert compiled.dtype == eager.dtype == torch.bfloat16
+    reference = F.layer_norm(x.double().permute(0, 2, 3, 1), (7, ), weight.double(),
+                             bias.double()).permute(0, 3, 1, 2)
+    for y in (eager, compiled):
+        assert rel_err(y, reference) <= 8e-3  # bf16 rounding of the output

@@ -71,7 +71,7 @@ def run(config, iters=2000, batch=64, size=112, lr=1e-3, dtype='float16', seed=0
                     data_samples=[DataSample().set_gt_label(int(y)) for y in labels[idx]])
         scale_before = wrapper.loss_scaler.get_scale() if it else None
         log = model.train_step(data, wrapper)
-        loss = float(log['loss'])
+        loss = float(log['loss'].detach())
         scale_after = wrapper.loss_scaler.get_scale()
         if scale_before is not None and scale_after < scale_before:
             skipped.append(it)  # GradScaler lowers its scale exactly when it skips a step

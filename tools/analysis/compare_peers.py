@@ -91,24 +91,37 @@ def models_to_compare(args):
     return entries
 
 
+LAUNCHES = ('eager', 'graph', 'compile', 'compile-graphs')
+
+
 def _launch(model, launch):
+    """The module to measure and the hook to call before each step. ``graph``: CUDA graphs
+    captured by :func:`measure_throughput`; ``compile``: ``torch.compile`` (inductor, default
+    mode); ``compile-graphs``: ``torch.compile(mode='reduce-overhead')``, inductor's kernels
+    replayed from CUDA graphs."""
     if launch == 'compile':
-        return torch.compile(model)
-    return model
+        return torch.compile(model), None
+    if launch == 'compile-graphs':
+        return (torch.compile(model, mode='reduce-overhead'),
+                torch.compiler.cudagraph_mark_step_begin)
+    return model, None
 
 
 def measure_all(args, entries):
     rows = []
     cases = list(itertools.product(args.modes, args.amp, args.batch))
     for label, build in entries:
-        model = build()
-        params = sum(p.numel() for p in model.parameters())
         for launch in args.launch:
-            run = _launch(model, launch)  # one compiled wrapper serves every case
+            # a fresh model per launch mode: capturing training graphs replaces the module's
+            # forward (torch.cuda.make_graphed_callables), which a later mode would measure
+            model = build()
+            params = sum(p.numel() for p in model.parameters())
+            run, before_step = _launch(model, launch)  # one wrapper serves every case
             for mode, amp, batch in cases:
                 r = measure_throughput(run, batch, tuple(args.shape), args.device, amp=amp,
                                        train=mode == 'train', warmup=args.warmup,
-                                       repeats=args.repeats, cuda_graph=launch == 'graph')
+                                       repeats=args.repeats, cuda_graph=launch == 'graph',
+                                       before_step=before_step)
                 peak = r['peak_bytes'] / 2**30 if r['peak_bytes'] is not None else None
                 row = dict(model=label, params=params, launch=launch, mode=mode, amp=amp,
                            batch=batch, images_per_s=r['images_per_s'],
@@ -117,7 +130,7 @@ def measure_all(args, entries):
                 print(f"{label} {launch} {mode} {amp} batch {batch}: "
                       f"{row['images_per_s']:.1f} img/s, {row['ms_per_batch']:.1f} ms",
                       flush=True)
-        del model
+            del model, run
     return rows
 
 
@@ -160,7 +173,9 @@ def parse_args(argv=None):
                         choices=['inference', 'train'])
     parser.add_argument('--amp', nargs='+', default=['none'], choices=['none', 'fp16', 'bf16'])
     parser.add_argument('--launch', nargs='+', default=['eager'],
-                        choices=['eager', 'compile', 'graph'])
+                        choices=LAUNCHES,
+                        help='eager; graph: CUDA graphs of the eager kernels; compile: '
+                        'torch.compile; compile-graphs: torch.compile(mode="reduce-overhead")')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=5)
