@@ -151,17 +151,66 @@ def test_frozen_stages_get_no_gradients():
     assert not model.layers[1].training and model.layers[2].training
 
 
-def test_with_cp_gives_the_same_gradients():
+def plain_and_variant(**variant):
+    """Two SMALL models in training mode with the same weights, the second built with
+    ``variant``'s arguments, and an input."""
     torch.manual_seed(0)
     plain = VMamba(SMALL, out_indices=(0, 3)).train()
-    ckpt = VMamba(SMALL, out_indices=(0, 3), with_cp=True).train()
-    ckpt.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 32, 32)
+    other = VMamba(SMALL, out_indices=(0, 3), **variant).train()
+    other.load_state_dict(plain.state_dict())
+    return plain, other, torch.randn(2, 3, 32, 32)
+
+
+def test_with_cp_gives_the_same_gradients():
+    plain, ckpt, x = plain_and_variant(with_cp=True)
     for model in (plain, ckpt):
         torch.manual_seed(1)  # the same drop-path masks in both runs
         sum(o.square().mean() for o in model(x)).backward()
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_recompute_mlp_act_gives_the_same_gradients_and_holds_less():
+    plain, lean, x = plain_and_variant(recompute_mlp_act=True)
+    saved, outputs = [], []
+    for model in (plain, lean):
+        held = []
+        torch.manual_seed(1)  # the same drop-path masks in both runs
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: held.append(t.untyped_storage()) or t, lambda t: t):
+            out = model(x)
+        # bytes held for the backward, each storage once (parameters included in both)
+        saved.append(sum({s.data_ptr(): s.nbytes() for s in held}.values()))
+        outputs.append([o.detach() for o in out])
+        sum(o.square().mean() for o in out).backward()
+    for a, b in zip(*outputs):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(plain.named_parameters(), lean.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7), name
+    # every block's MLP stops holding its GELU output: 4 * C channels per pixel, float32
+    hidden = sum(4 * c * (32 // 2**(i + 2))**2 * depth for i, (c, depth) in
+                 enumerate(zip(plain.dims, plain.depths)))
+    assert saved[0] - saved[1] == 2 * hidden * 4
+
+
+def test_recompute_mlp_act_under_autocast_matches_float64():
+    from mmvmamba.models.utils.layers import Mlp
+    torch.manual_seed(0)
+    lean = Mlp(8, 32, recompute_act=True)
+    reference = Mlp(8, 32).double()
+    reference.load_state_dict(lean.state_dict())
+    x = torch.randn(2, 8, 5, 6)
+    grads = []
+    for model, inp, ctx in ((lean, x, torch.autocast('cpu', dtype=torch.bfloat16)),
+                            (reference, x.double(), torch.autocast('cpu', enabled=False))):
+        inp = inp.clone().requires_grad_(True)
+        with ctx:
+            out = model(inp)
+        out.float().square().sum().backward()
+        grads.append([out.detach().double(), inp.grad.double()]
+                     + [p.grad.double() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert (a - b).norm() <= 2e-2 * b.norm()  # bf16 rounding
 
 
 def authors_tiny_state_dict():

@@ -13,16 +13,17 @@ class VSSBlock(nn.Module):
         drop_path (float): stochastic depth rate of this block. Default: 0.
         mlp_ratio (float): MLP hidden = mlp_ratio * dim; 0 disables the MLP (v0). Default: 4.
         ssm_cfg (dict): keyword arguments of :class:`SS2D`.
+        recompute_mlp_act (bool): see :class:`Mlp` (``recompute_act``). Default: False.
     """
 
-    def __init__(self, dim, drop_path=0., mlp_ratio=4.0, ssm_cfg=None):
+    def __init__(self, dim, drop_path=0., mlp_ratio=4.0, ssm_cfg=None, recompute_mlp_act=False):
         super().__init__()
         self.norm = LayerNorm2d(dim, feeds_linear=True)
         self.op = SS2D(dim, **(ssm_cfg or {}))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if mlp_ratio > 0:
             self.norm2 = LayerNorm2d(dim, feeds_linear=True)
-            self.mlp = Mlp(dim, int(dim * mlp_ratio))
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), recompute_act=recompute_mlp_act)
         else:
             self.mlp = None
 

@@ -52,6 +52,10 @@ class VMamba(BaseModule):
         drop_path_rate (float, optional): stochastic depth, linear over blocks; None uses the
             arch's value. Default: None.
         with_cp (bool): activation checkpointing per block. Default: False.
+        recompute_mlp_act (bool): the blocks' MLPs keep only fc1's output for the backward and
+            recompute the GELU there: less activation memory (VMamba-T at batch 128: about
+            1.5 GiB, 4 of every ~20 bytes a block holds per pixel and channel) for one
+            elementwise pass per block in the backward. Default: False.
         scan_backend (str, optional): 'auto' | 'triton' | 'torch' for the selective scan and
             the channel-first LayerNorms (None: ``$VMAMBA_SCAN_BACKEND`` or auto: Triton on
             CUDA, torch on CPU).
@@ -81,7 +85,8 @@ class VMamba(BaseModule):
     def __init__(self, arch: Union[str, dict] = 'tiny', in_channels: int = 3,
                  out_indices: Sequence[int] = (3, ), norm_outputs: bool = True,
                  frozen_stages: int = -1, drop_path_rate: Optional[float] = None,
-                 with_cp: bool = False, scan_backend: Optional[str] = None,
+                 with_cp: bool = False, recompute_mlp_act: bool = False,
+                 scan_backend: Optional[str] = None,
                  compile: Union[bool, dict] = False, init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(compile, (bool, dict)):
@@ -121,7 +126,8 @@ class VMamba(BaseModule):
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             start = sum(depths[:i])
-            blocks = [VSSBlock(dims[i], rates[start + j], cfg['mlp_ratio'], ssm_cfg)
+            blocks = [VSSBlock(dims[i], rates[start + j], cfg['mlp_ratio'], ssm_cfg,
+                               recompute_mlp_act)
                       for j in range(depth)]
             last = i == num_stages - 1
             self.layers.append(VMambaStage(blocks, nn.Identity() if last else down(dims[i],

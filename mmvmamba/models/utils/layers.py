@@ -77,15 +77,52 @@ class Linear2d(nn.Linear):
         return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
 
 
-class Mlp(nn.Module):
-    """fc1 -> GELU -> dropout -> fc2 -> dropout, per pixel."""
+class _GeluLinear(torch.autograd.Function):
+    """``F.linear(gelu(h), weight, bias)`` over the last dim of ``h`` that keeps only ``h`` for
+    the backward and recomputes ``gelu(h)`` there: the activation (as wide as ``h``) is not held
+    between forward and backward. The same operations as GELU then ``F.linear`` (the linear in
+    ``h``'s dtype, as autocast runs it on a half-precision ``h``)."""
 
-    def __init__(self, dim, hidden, drop=0.):
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        w, b = weight.to(h.dtype), bias.to(h.dtype)
+        ctx.save_for_backward(h, w)
+        return F.linear(F.gelu(h), w, b)
+
+    @staticmethod
+    def backward(ctx, dout):
+        h, w = ctx.saved_tensors
+        dout = dout.to(h.dtype)
+        a = F.gelu(h)
+        dw = dout.reshape(-1, dout.shape[-1]).t() @ a.reshape(-1, a.shape[-1])
+        db = dout.reshape(-1, dout.shape[-1]).sum(0)
+        dh = torch.ops.aten.gelu_backward(dout @ w, h)
+        return dh, dw, db
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> dropout -> fc2 -> dropout, per pixel.
+
+    Args:
+        recompute_act (bool): while training, keep only fc1's output for the backward and
+            recompute the GELU there (one elementwise pass) instead of holding its output,
+            ``hidden`` channels per pixel: for VMamba-T at batch 128 about 1.5 GiB less
+            activation memory. Taken in eager mode with gradients and no dropout; under
+            ``torch.compile`` inductor chooses what to recompute. Default: False.
+    """
+
+    def __init__(self, dim, hidden, drop=0., recompute_act=False):
         super().__init__()
         self.fc1 = Linear2d(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = Linear2d(hidden, dim)
         self.drop = nn.Dropout(drop)
+        self.recompute_act = recompute_act
 
     def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        h = self.fc1(x)
+        if (self.recompute_act and torch.is_grad_enabled() and self.drop.p == 0
+                and not torch.compiler.is_compiling() and self.act.approximate == 'none'):
+            out = _GeluLinear.apply(h.permute(0, 2, 3, 1), self.fc2.weight, self.fc2.bias)
+            return out.permute(0, 3, 1, 2)
+        return self.drop(self.fc2(self.drop(self.act(h))))
