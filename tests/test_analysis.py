@@ -194,3 +194,15 @@ def test_compare_peers_builds_a_fresh_model_for_every_launch_mode(monkeypatch):
     assert [(m, kw) for m, kw in compiled] == [(built[1], {}),
                                                (built[2], {'mode': 'reduce-overhead'})]
     assert len(step_marks) == 2 * 3  # every step of both modes of compile-graphs
+
+
+def test_compare_peers_applies_cfg_options_to_vmamba_and_names_them():
+    import compare_peers
+    args = compare_peers.parse_args([DIGITS, '--peers', '--device', 'cpu', '--cfg-options',
+                                     'model.backbone.recompute_mlp_act=True'])
+    (label, build), = compare_peers.models_to_compare(args)
+    assert label == 'vmamba-nano model.backbone.recompute_mlp_act=True'
+    mlps = [m for m in build().modules() if hasattr(m, 'recompute_act')]
+    assert mlps and all(m.recompute_act for m in mlps)
+    plain, = compare_peers.models_to_compare(compare_peers.parse_args([DIGITS, '--peers']))
+    assert not any(m.recompute_act for m in plain[1]().modules() if hasattr(m, 'recompute_act'))

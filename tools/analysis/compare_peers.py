@@ -26,6 +26,7 @@ import torch.nn as nn
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import _common  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 from mmvmamba.analysis import measure_throughput  # noqa: E402
 
@@ -82,9 +83,10 @@ def build_timm(name):
 def models_to_compare(args):
     """(label, builder) pairs, VMamba's first."""
     entries = []
+    options = ''.join(f' {k}={v}' for k, v in (args.cfg_options or {}).items())
     for path in args.configs:
-        cfg = _common.load_config(path)
-        label = osp.splitext(osp.basename(path))[0].split('_')[0]
+        cfg = _common.load_config(path, args.cfg_options)
+        label = osp.splitext(osp.basename(path))[0].split('_')[0] + options
         entries.append((label, lambda cfg=cfg: _common.build_plain_classifier(cfg)))
     entries += [(f'mmpretrain {p}', lambda p=p: build_peer(p)) for p in args.peers]
     entries += [(f'timm {t}', lambda t=t: build_timm(t)) for t in args.timm]
@@ -161,6 +163,9 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('configs', nargs='*', default=[DEFAULT_CONFIG],
                         help='VMamba configs (default: VMamba-T)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='overrides of the VMamba configs, e.g. '
+                        'model.backbone.recompute_mlp_act=True (shown in the model label)')
     parser.add_argument('--peers', nargs='*', default=['swin-tiny', 'convnext-tiny'],
                         help='mmpretrain backbones as <family>-<arch>')
     parser.add_argument('--timm', nargs='*', default=[], help='timm model names')
