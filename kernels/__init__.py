@@ -12,7 +12,8 @@ from OpenMMLab. Public entry points (routing in ``dispatch.py``):
 * :func:`selective_scan_torch`, :func:`cross_scan`, :func:`cross_merge` - the torch reference
   pieces (mamba-ssm semantics).
 
-Modules: ``ss2d_n1.py`` (Triton, d_state 1), ``ss2d_triton.py`` (Triton, any d_state),
+Modules: ``ss2d_n1.py`` (Triton, d_state 1, chunked), ``ss2d_n1_map.py`` (Triton, d_state 1,
+whole small maps per program; opt-in), ``ss2d_triton.py`` (Triton, any d_state),
 ``triton_math.py`` (device functions both use), ``layernorm2d.py``, ``compile_ops.py`` (every
 launch a ``torch.library`` custom op under ``torch.compile``), ``ss2d_grid.py`` and
 ``reference.py`` (torch), ``checks.py`` (input validation).

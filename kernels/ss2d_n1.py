@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 
 from .compile_ops import opaque_under_compile
-from .triton_math import _combine, _softplus
+from .ss2d_n1_map import launch_backward_map, launch_forward_map, map_fits, map_launch_config
+from .triton_math import _channel_params, _combine, _combine_grad, _softplus
 
 __all__ = ['ss2d_scan_n1', 'ss2d_scan_n1_unfused', 'SS2DScanN1Function', 'n1_launch_config']
 
@@ -44,16 +45,6 @@ def _scan_index(t, K: tl.constexpr, H, W, STRIDED: tl.constexpr):
     else:
         s = t
     return s
-
-
-@triton.jit
-def _combine_grad(g_first, p_first, a_first, g_then, p_then, a_then):
-    """Combine of the backward scan g_t = e_t + a_{t+1} g_{t+1}, in processing order (``first``:
-    the later steps, already combined; ``then``: the earlier ones). A segment [i, j] is
-    (G, P, a_i) with g_i = G + P * a_{j+1} g_{j+1}; one step is (e_t, 1, a_t). Carrying each
-    segment's own first decay avoids the one-step shift of the decay (a gather) per chunk."""
-    scale = p_then * a_first
-    return g_then + scale * g_first, scale * p_first, a_then
 
 
 @triton.jit
@@ -83,12 +74,7 @@ def _direction_inputs(dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, 
     """Direction K's per-channel parameters (A, dt bias, D: zeros without D) and the bases of
     its dt_low (or, PRE_GIVEN, projected dt) / Bs / Cs rows and saved chunk states."""
     kc = K * CH + c
-    A = tl.load(A_ptr + kc, mask=cm, other=0.).to(tl.float32)
-    bias = tl.load(bias_ptr + kc, mask=cm, other=0.).to(tl.float32)
-    if HAS_D:
-        Dk = tl.load(D_ptr + kc, mask=cm, other=0.).to(tl.float32)
-    else:
-        Dk = tl.zeros_like(A)
+    A, bias, Dk = _channel_params(A_ptr, bias_ptr, D_ptr, kc, cm, HAS_D)
     return (kc, A, bias, Dk, dtl_ptr + (b * 4 + K) * (CH if PRE_GIVEN else R) * L,
             B_ptr + (b * 4 + K) * L,
             C_ptr + (b * 4 + K) * L, hs_ptr + ((b * 4 + K) * CH + c) * NCH)
@@ -390,22 +376,28 @@ class SS2DScanN1Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
-                cols_t, cfg, bwd_cfg, project_first=False):
-        cols_t = merged and cols_t
+                cols_t, cfg, bwd_cfg, project_first=False, whole_map=None):
+        whole_map = whole_map if merged else None
+        cols_t = merged and cols_t and whole_map is None
         project_first = merged and project_first
         save = any(ctx.needs_input_grad)
         _, dt_src, bs, cs = _kernel_rows(dt_low, dt_weight, Bs, Cs, height, width, cols_t,
                                          project_first)
-        y, yt, states = _launch_forward(
-            x, xt, dt_src, dt_weight, dt_bias, A, bs, cs, D, height, width, merged, cols_t, save,
-            project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
+        if whole_map is not None:
+            y = launch_forward_map(x, dt_src, dt_weight, dt_bias, A, bs, cs, D, project_first,
+                                   *whole_map)
+            yt, states = y.new_empty((0, )), None
+        else:
+            y, yt, states = _launch_forward(
+                x, xt, dt_src, dt_weight, dt_bias, A, bs, cs, D, height, width, merged, cols_t,
+                save, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
         del dt_src, bs, cs
         if not cols_t:
             ctx.mark_non_differentiable(yt)
         if save:
             # xt is not kept: the backward transposes x again (cheaper than holding both)
             ctx.save_for_backward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states)
-            ctx.meta = (height, width, merged, cols_t, project_first, bwd_cfg)
+            ctx.meta = (height, width, merged, cols_t, project_first, bwd_cfg, whole_map)
         return y, yt
 
     @staticmethod
@@ -419,9 +411,10 @@ class SS2DScanN1Function(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, dy, dyt):
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states = ctx.saved_tensors
-        height, width, merged, cols_t, project_first, cfg = ctx.meta
-        channels = dt_weight.shape[1]
+        height, width, merged, cols_t, project_first, cfg, whole_map = ctx.meta
         dy = dy.contiguous() if dy is not None else torch.zeros_like(x, dtype=torch.float32)
+        if whole_map is not None:
+            return SS2DScanN1Function._backward_map(ctx, dy)
         if cols_t:
             xt = x.transpose(2, 3).contiguous()
             dyt = dyt.contiguous() if dyt is not None else torch.zeros_like(xt, dtype=dy.dtype)
@@ -435,19 +428,45 @@ class SS2DScanN1Function(torch.autograd.Function):
             x, xt, dt_src, dt_weight, dt_bias, A, bs, cs, D, states, dy, dyt, height, width,
             merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
         del dt_src, bs, cs
-        # the rank-R dt projection's gradients are two batched GEMMs on d(pre-activation), in
-        # the projection's dtype: d dt_low[b, k] = w[k]^T dpre[b, k];
-        # d w[k] = sum_b dpre[b, k] dt_low[b, k]^T (the sum over the batch in float32)
-        ddtl = torch.matmul(dt_weight.to(dpre.dtype).transpose(1, 2), dpre)
-        dw = torch.matmul(dpre, dt_in_order.to(dpre.dtype).transpose(2, 3)).sum(
-            0, dtype=torch.float32)
+        ddtl, dw = _projection_grads(dt_weight, dt_in_order, dpre)
         dB, dC = dB.sum(2, keepdim=True), dC.sum(2, keepdim=True)
         if cols_t:  # back to row-major
             ddtl, dB, dC = (_odd_directions_by_column(t, width, height) for t in (ddtl, dB, dC))
-        return (dx.to(x.dtype), dxt.to(x.dtype) if cols_t else None, ddtl.to(dt_low.dtype),
-                dw.to(dt_weight.dtype), dbias.sum(0).view(4, channels).to(dt_bias.dtype),
-                dA.sum(0)[:, None].to(A.dtype), dB.to(Bs.dtype), dC.to(Cs.dtype),
-                dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 7
+        return (dx.to(x.dtype), dxt.to(x.dtype) if cols_t else None) + _parameter_grads(
+            ctx, ddtl, dw, dbias, dA, dB, dC, dD)
+
+    @staticmethod
+    def _backward_map(ctx, dy):
+        x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, _ = ctx.saved_tensors
+        height, width, _, _, project_first, _, whole_map = ctx.meta
+        dt_in_order, dt_src, bs, cs = _kernel_rows(dt_low, dt_weight, Bs, Cs, height, width,
+                                                   False, project_first)
+        dx, dpre, dbias, dA, dB, dC, dD = launch_backward_map(
+            x, dt_src, dt_weight, dt_bias, A, bs, cs, D, dy, project_first, *whole_map,
+            _projection_dtype(dt_low.dtype))
+        del dt_src, bs, cs
+        ddtl, dw = _projection_grads(dt_weight, dt_in_order, dpre)
+        return (dx.to(x.dtype), None) + _parameter_grads(
+            ctx, ddtl, dw, dbias, dA, dB.sum(2, keepdim=True), dC.sum(2, keepdim=True), dD)
+
+
+def _projection_grads(dt_weight, dt_in_order, dpre):
+    """The rank-R dt projection's gradients as two batched GEMMs on d(pre-activation), in the
+    projection's dtype: d dt_low[b, k] = w[k]^T dpre[b, k]; d w[k] = sum_b dpre[b, k]
+    dt_low[b, k]^T (the sum over the batch in float32)."""
+    ddtl = torch.matmul(dt_weight.to(dpre.dtype).transpose(1, 2), dpre)
+    dw = torch.matmul(dpre, dt_in_order.to(dpre.dtype).transpose(2, 3)).sum(0, dtype=torch.float32)
+    return ddtl, dw
+
+
+def _parameter_grads(ctx, ddtl, dw, dbias, dA, dB, dC, dD):
+    """The gradients after x's (and xt's), in the inputs' dtypes, the per-batch partials summed.
+    """
+    _, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, _ = ctx.saved_tensors
+    return (ddtl.to(dt_low.dtype), dw.to(dt_weight.dtype),
+            dbias.sum(0).view(4, dt_weight.shape[1]).to(dt_bias.dtype),
+            dA.sum(0)[:, None].to(A.dtype), dB.to(Bs.dtype), dC.to(Cs.dtype),
+            dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 8
 
 
 def _rows_in_walk_order(rows, height, width, cols_t):
@@ -510,7 +529,8 @@ PROJECT_FROM_RANK = 16
 
 
 def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_columns=None,
-                 project_first=None, **tiles):
+                 project_first=None, whole_map=None, map_block_c=None, map_num_warps=None,
+                 **tiles):
     """Fused SS2D core for d_state = 1 (inputs as :func:`vmamba_kernels.ss2d_scan`, already
     checked; ``tiles`` as :func:`n1_launch_config`).
 
@@ -528,14 +548,26 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     writing and reading 4 copies of the map. Either way the backward writes d(pre-activation)
     and the projection's gradients are GEMMs on it, all in float16 for float16 dt_low and in
     float32 otherwise (:func:`_projection_dtype`).
+
+    ``whole_map`` True runs the kernels of ``ss2d_n1_map.py`` instead, which hold whole (small)
+    maps per program (``map_block_c`` channels, ``map_num_warps`` warps; ``transpose_columns``
+    does not apply); None: when the padded map has at most ``$VMAMBA_WHOLE_MAP_POSITIONS``
+    positions (default 0: never, see ``ss2d_n1_map.MAX_MAP_POSITIONS``).
     """
     height, width = x.shape[2], x.shape[3]
     length = height * width
     cfg, bwd_cfg = n1_launch_config(length, **tiles)
-    if transpose_columns is None:
-        transpose_columns = length >= TRANSPOSE_FROM_LENGTH
     if project_first is None:
         project_first = dt_weight.shape[2] >= PROJECT_FROM_RANK
+    if whole_map is None:
+        whole_map = map_fits(height, width)
+    if whole_map:
+        map_cfg = map_launch_config(height, width, map_block_c, map_num_warps)
+        return SS2DScanN1Function.apply(x, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+                                        width, True, False, cfg, bwd_cfg, project_first,
+                                        map_cfg)[0]
+    if transpose_columns is None:
+        transpose_columns = length >= TRANSPOSE_FROM_LENGTH
     if not transpose_columns:
         return SS2DScanN1Function.apply(x, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                         width, True, False, cfg, bwd_cfg, project_first)[0]

@@ -1,5 +1,5 @@
-"""Triton device functions shared by the SS2D kernels (``ss2d_triton.py`` and ``ss2d_n1.py``):
-the scan's combine and a softplus accurate to a few float32 ulps."""
+"""Triton device functions shared by the SS2D kernels (``ss2d_triton.py``, ``ss2d_n1.py``,
+``ss2d_n1_map.py``): the scans' combines and a softplus accurate to a few float32 ulps."""
 import triton
 import triton.language as tl
 
@@ -8,6 +8,29 @@ import triton.language as tl
 def _combine(a_left, b_left, a_right, b_right):
     # composition of h -> a_left * h + b_left, then h -> a_right * h + b_right
     return a_left * a_right, b_left * a_right + b_right
+
+
+@triton.jit
+def _combine_grad(g_first, p_first, a_first, g_then, p_then, a_then):
+    """Combine of the backward scan g_t = e_t + a_{t+1} g_{t+1}, in processing order (``first``:
+    the later steps, already combined; ``then``: the earlier ones). A segment [i, j] is
+    (G, P, a_i) with g_i = G + P * a_{j+1} g_{j+1}; one step is (e_t, 1, a_t). Carrying each
+    segment's own first decay avoids the one-step shift of the decay (a gather) per chunk."""
+    scale = p_then * a_first
+    return g_then + scale * g_first, scale * p_first, a_then
+
+
+@triton.jit
+def _channel_params(A_ptr, bias_ptr, D_ptr, kc, cm, HAS_D: tl.constexpr):
+    """Per-channel A, dt bias and D (zeros without D) at the flat (direction, channel) indices
+    ``kc``, in float32."""
+    A = tl.load(A_ptr + kc, mask=cm, other=0.).to(tl.float32)
+    bias = tl.load(bias_ptr + kc, mask=cm, other=0.).to(tl.float32)
+    if HAS_D:
+        Dk = tl.load(D_ptr + kc, mask=cm, other=0.).to(tl.float32)
+    else:
+        Dk = tl.zeros_like(A)
+    return A, bias, Dk
 
 
 @triton.jit

@@ -32,3 +32,31 @@ def test_kernel_sass_counts_the_chunk_loop_of_both_kernels():
     with pytest.raises(SystemExit, match='unset TRITON_INTERPRET'):
         import kernel_sass
         kernel_sass.main([])
+
+
+def test_kernel_sass_counts_the_whole_map_kernels():
+    # the whole-map kernels are straight-line code: counted whole, per padded position; their
+    # registers and stack come from cuobjdump
+    import os
+    import re
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    tool = osp.join(KERNEL_DEV, 'kernel_sass.py')
+    found = {}
+    for kernel in ('map-fwd', 'map-bwd'):
+        out = subprocess.run([sys.executable, tool, '--kernel', kernel, '--map', '8x8',
+                              '--block-c', '4', '--warps', '1', '--rank', '3', '--lines', '40'],
+                             env=env, capture_output=True, text=True, check=True).stdout
+        assert 'whole kernel' in out and 'ss2d_n1_map.py:' in out and 'MUFU' in out, out
+        per_element, registers = re.search(
+            r'([0-9.]+) per element \(.*; (\d+) registers', out).groups()
+        assert 0 < int(registers) <= 255
+        found[kernel] = float(per_element)
+    assert 20 < found['map-fwd'] < found['map-bwd'] < 4000
+
+
+def test_benchmark_scan_configs():
+    import benchmark_scan
+    assert benchmark_scan.parse_config('4x32x1x2x1x0') == (4, 32, 1, 2, 1, 0)
+    assert benchmark_scan.parse_config('whole_map=1,map_block_c=4,map_num_warps=2') == dict(
+        whole_map=1, map_block_c=4, map_num_warps=2)

@@ -10,7 +10,7 @@ against the byte floor (forward: read x once, write y once; forward+backward add
 dy and writing dx), and checks the fused path against the float64 torch reference.
 
     python tools/kernel_dev/benchmark_scan.py [--batch 128] [--stages 1 2 3 4] [--skip-torch]
-        [--arch tiny|base] [--dtype bf16|fp32] [--skip-unfused]
+        [--arch tiny|base] [--dtype bf16|fp16|fp32] [--skip-unfused]
 """
 import argparse
 import importlib.util
@@ -45,7 +45,7 @@ STAGES = {
     'tiny': {1: (56, 96, 6), 2: (28, 192, 12), 3: (14, 384, 24), 4: (7, 768, 48)},
     'base': {1: (56, 256, 8), 2: (28, 512, 16), 3: (14, 1024, 32), 4: (7, 2048, 64)},
 }
-DTYPES = {'bf16': torch.bfloat16, 'fp32': torch.float32}
+DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 
 
 def make_inputs(batch, size, channels, rank, d_state, dtype, device, seed):
@@ -86,13 +86,17 @@ def sweep(args, dev):
         inp = make_inputs(args.batch, size, channels, rank, args.d_state, DTYPES[args.dtype], dev,
                           seed=stage)
         results = []
-        grid = [tuple(int(v) for v in c.split('x')) for c in args.configs] if args.configs else \
+        grid = [parse_config(c) for c in args.configs] if args.configs else \
             list(itertools.product(args.sweep_c, args.sweep_l, args.sweep_w))
         for values in grid:
-            config = dict(zip(('block_c', 'block_l', 'num_warps', 'bwd_block_c', 'bwd_num_warps',
-                               'transpose_columns'), values))
-            if 'transpose_columns' in config:
-                config['transpose_columns'] = bool(config['transpose_columns'])
+            if isinstance(values, dict):
+                config = values
+            else:
+                config = dict(zip(('block_c', 'block_l', 'num_warps', 'bwd_block_c',
+                                   'bwd_num_warps', 'transpose_columns'), values))
+            for flag in ('transpose_columns', 'whole_map'):
+                if flag in config:
+                    config[flag] = bool(config[flag])
             try:
                 fwd = bench(fused_with(config), inp, False, 3)
                 both = bench(fused_with(config), inp, True, 3)
@@ -106,6 +110,15 @@ def sweep(args, dev):
         print(f'BEST stage {stage}: {config} fwd {fwd:.3f} ms fwd+bwd {both:.3f} ms', flush=True)
         del inp
         torch.cuda.empty_cache()
+
+
+def parse_config(text):
+    """A --configs entry: CxLxWARPS[...] (the chunked kernels' tiles), or comma-separated
+    keyword=integer pairs of ``ss2d_scan_n1`` (e.g. whole_map=1,map_block_c=4,map_num_warps=2)."""
+    if '=' in text:
+        pairs = [item.split('=') for item in text.split(',')]
+        return {key: int(value) for key, value in pairs}
+    return tuple(int(v) for v in text.split('x'))
 
 
 def unfused(inp):
@@ -199,7 +212,8 @@ def main():
     parser.add_argument('--configs', nargs='+',
                         help='sweep these tiles instead of the product, each '
                         'CxLxWARPS[xBWD_CxBWD_WARPS[xTRANSPOSE_COLUMNS 0/1]], e.g. 4x128x4 '
-                        '4x128x4x16x8x1')
+                        '4x128x4x16x8x1, or keyword=value pairs, e.g. whole_map=0 '
+                        'whole_map=1,map_block_c=4,map_num_warps=2')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit('benchmark_scan.py needs a CUDA GPU')

@@ -7,8 +7,13 @@ loop (the first direction's) and prints its instruction count per element of a t
 frequent opcodes and the source lines that cost most. A static count: an inner loop left in the
 chunk loop (a run-time bound) is counted once.
 
-    python tools/kernel_dev/kernel_sass.py [--kernel fwd|bwd] [--block-c 8] [--block-l 64]
-        [--warps 4] [--rank 6] [--pre-given] [--strided-columns] [--lines 15]
+    python tools/kernel_dev/kernel_sass.py [--kernel fwd|bwd|map-fwd|map-bwd] [--block-c 8]
+        [--block-l 64] [--warps 4] [--rank 6] [--pre-given] [--strided-columns] [--map 16x16]
+        [--lines 15]
+
+The whole-map kernels (``kernels/ss2d_n1_map.py``, map-fwd / map-bwd) have no chunk loop: their
+whole code is counted, per padded position of the tile. Registers and stack (spills) per thread
+come from the bundled ``cuobjdump``.
 """
 import argparse
 import collections
@@ -26,6 +31,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import vmamba_kernels.ss2d_n1 as n1  # noqa: E402
+import vmamba_kernels.ss2d_n1_map as m1  # noqa: E402
 
 FWD_POINTERS = ('x_ptr', 'xt_ptr', 'dtl_ptr', 'w_ptr', 'bias_ptr', 'A_ptr', 'B_ptr', 'C_ptr',
                 'D_ptr', 'y_ptr', 'yt_ptr', 'hs_ptr')
@@ -35,8 +41,57 @@ BWD_POINTERS = ('x_ptr', 'xt_ptr', 'dtl_ptr', 'w_ptr', 'bias_ptr', 'A_ptr', 'B_p
 BF16_POINTERS = ('x_ptr', 'xt_ptr', 'B_ptr', 'C_ptr')  # as under autocast
 
 
+def compile_map_kernel(args):
+    """The whole-map kernel (``kernels/ss2d_n1_map.py``) for ``args``: map-fwd or map-bwd, a
+    padded map of ``args.map`` (HPxWP), BLOCK_C channels, bf16 map / B / C as under autocast,
+    the pre-activation (``--pre-given``) and its gradient in float32 (bf16 autocast)."""
+    fn = m1._ss2d_fwd_map_kernel if args.kernel == 'map-fwd' else m1._ss2d_bwd_map_kernel
+    hp, wp = (int(v) for v in args.map.split('x'))
+    constants = dict(R=args.rank, HAS_D=True, PRE_GIVEN=args.pre_given, BLOCK_C=args.block_c,
+                     HP=hp, WP=wp)
+    signature = {}
+    for name in fn.arg_names:
+        if name in constants:
+            signature[name] = 'constexpr'
+        elif name.endswith('_ptr'):
+            signature[name] = '*bf16' if name in BF16_POINTERS else '*fp32'
+        else:
+            signature[name] = 'i32'
+    signature['dtl_ptr'] = '*fp32' if args.pre_given else '*bf16'
+    pointers = [name for name in signature if signature[name].startswith('*')]
+    return compile_for_sm90(fn, signature, constants, pointers, args.warps)
+
+
+def compile_for_sm90(fn, signature, constants, divisible, num_warps):
+    """``fn`` compiled for an H100 target with the ``constants``, arguments ``divisible`` by 16
+    (as a launch specialises them)."""
+    source = ASTSource(
+        fn, signature, constexprs={(fn.arg_names.index(k), ): v for k, v in constants.items()},
+        attrs={(fn.arg_names.index(k), ): [['tt.divisibility', 16]] for k in divisible})
+    return triton.compile(source, target=GPUTarget('cuda', 90, 32),
+                          options=dict(num_warps=num_warps))
+
+
+def run_on_cubin(tool, options, cubin):
+    """The stdout of Triton's bundled CUDA binary tool (nvdisasm, cuobjdump) run on ``cubin``."""
+    path = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', tool)
+    with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([path, *options, f.name], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def resources(cubin):
+    """(registers, stack bytes) per thread, from ``cuobjdump``."""
+    out = run_on_cubin('cuobjdump', ['--dump-resource-usage'], cubin)
+    return tuple(int(re.search(key + r':(\d+)', out).group(1)) for key in ('REG', 'STACK'))
+
+
 def compile_kernel(args):
     """The compiled kernel (Triton's CompiledKernel) for the configuration in ``args``."""
+    if args.kernel.startswith('map-'):
+        return compile_map_kernel(args)
     fn = n1._ss2d_fwd_n1_kernel if args.kernel == 'fwd' else n1._ss2d_bwd_n1_kernel
     pointers = FWD_POINTERS if args.kernel == 'fwd' else BWD_POINTERS
     signature = {name: '*bf16' if name in BF16_POINTERS else '*fp32' for name in pointers}
@@ -55,21 +110,11 @@ def compile_kernel(args):
     signature.update({name: 'i32' for name in scalars})
     signature.update({name: 'constexpr' for name in constants})
     divisible = [name for name in signature if signature[name].startswith('*')] + ['L', 'CH']
-    source = ASTSource(
-        fn, signature, constexprs={(fn.arg_names.index(k), ): v for k, v in constants.items()},
-        attrs={(fn.arg_names.index(k), ): [['tt.divisibility', 16]] for k in divisible})
-    return triton.compile(source, target=GPUTarget('cuda', 90, 32),
-                          options=dict(num_warps=args.warps))
+    return compile_for_sm90(fn, signature, constants, divisible, args.warps)
 
 
 def disassemble(cubin):
-    nvdisasm = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin',
-                            'nvdisasm')
-    with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
-        f.write(cubin)
-        f.flush()
-        return subprocess.run([nvdisasm, '-c', '-g', f.name], capture_output=True, text=True,
-                               check=True).stdout.split('\n')
+    return run_on_cubin('nvdisasm', ['-c', '-g'], cubin).split('\n')
 
 
 def first_chunk_loop(lines, min_length=150):
@@ -93,7 +138,7 @@ def count(lines, first, last):
         if m:
             where = (os.path.basename(m.group(1)), int(m.group(2)))
             continue
-        m = re.search(r'/\*[0-9a-f]{4}\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_]+)', line)
+        m = re.search(r'/\*[0-9a-f]{4,}\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_]+)', line)
         if m:
             opcodes[m.group(2)] += 1
             by_line[where] += 1
@@ -103,7 +148,10 @@ def count(lines, first, last):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--kernel', choices=['fwd', 'bwd'], default='fwd')
+    parser.add_argument('--kernel', choices=['fwd', 'bwd', 'map-fwd', 'map-bwd'], default='fwd',
+                        help='the chunked kernels, or the whole-map ones (counted whole)')
+    parser.add_argument('--map', default='16x16',
+                        help='padded map HPxWP of the whole-map kernels (14 x 14 pads to 16x16)')
     parser.add_argument('--block-c', type=int, default=8)
     parser.add_argument('--block-l', type=int, default=64)
     parser.add_argument('--warps', type=int, default=4)
@@ -117,18 +165,32 @@ def main(argv=None):
     if os.environ.get('TRITON_INTERPRET') == '1':
         raise SystemExit('kernel_sass.py compiles the kernels: unset TRITON_INTERPRET (it is 1, '
                          'which makes them interpreted Python)')
-    lines = disassemble(compile_kernel(args).asm['cubin'])
-    first, last = first_chunk_loop(lines)
-    opcodes, by_line = count(lines, first, last)
-    total = sum(opcodes.values())
-    per_thread = args.block_c * args.block_l / (32 * args.warps)
-    print(f'{args.kernel} {args.block_c}x{args.block_l}, {args.warps} warps, rank {args.rank}: '
-          f'first chunk loop {total} instructions, {total / per_thread:.1f} per element '
-          f'({per_thread:g} elements per thread)')
+    cubin = compile_kernel(args).asm['cubin']
+    lines = disassemble(cubin)
+    registers, stack = resources(cubin)
+    if args.kernel.startswith('map-'):
+        # straight-line code: the whole kernel, all four directions, per padded position
+        opcodes, by_line = count(lines, 0, len(lines) - 1)
+        total = sum(opcodes.values())
+        hp, wp = (int(v) for v in args.map.split('x'))
+        per_thread = args.block_c * hp * wp / (32 * args.warps)
+        what = (f'{args.kernel} {args.block_c} channels x {args.map}, {args.warps} warps, rank '
+                f'{args.rank}: whole kernel {total} instructions, {total / per_thread:.1f} per '
+                f'element ({total / per_thread / 4:.1f} per element and direction; '
+                f'{per_thread:g} elements per thread)')
+    else:
+        first, last = first_chunk_loop(lines)
+        opcodes, by_line = count(lines, first, last)
+        total = sum(opcodes.values())
+        per_thread = args.block_c * args.block_l / (32 * args.warps)
+        what = (f'{args.kernel} {args.block_c}x{args.block_l}, {args.warps} warps, rank '
+                f'{args.rank}: first chunk loop {total} instructions, {total / per_thread:.1f} '
+                f'per element ({per_thread:g} elements per thread)')
+    print(f'{what}; {registers} registers, {stack} bytes of stack per thread')
     print('opcodes: ' + ', '.join(f'{k} {v}' for k, v in opcodes.most_common(14)))
     sources = {}
     for (name, number), n in by_line.most_common(args.lines):
-        path = os.path.join(os.path.dirname(n1.__file__), name)
+        path = os.path.join(os.path.dirname(n1.__file__), name)  # kernels/ holds them all
         if path not in sources:
             sources[path] = open(path).read().split('\n') if os.path.exists(path) else []
         text = sources[path][number - 1].strip() if number <= len(sources[path]) else ''
