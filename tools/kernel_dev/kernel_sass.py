@@ -1,15 +1,15 @@
 """Instructions per element of the d_state 1 scan kernels' chunk loop, from their sm_90 machine
 code (no GPU needed: Triton compiles for an H100 target, its bundled ``nvdisasm`` disassembles).
 
-Compiles the forward or backward kernel of ``kernels/ss2d_n1.py`` for one tile configuration (L
-and C marked divisible by 16, as a launch at 56 x 56 specialises them), finds the first chunk
-loop (the first direction's) and prints its instruction count per element of a tile, the most
-frequent opcodes and the source lines that cost most. A static count: an inner loop left in the
-chunk loop (a run-time bound) is counted once.
+Compiles the forward or backward kernel of ``kernels/ss2d_n1.py`` for one tile configuration (C
+marked divisible by 16, and L when ``--length`` is, as a launch specialises them), finds the
+first chunk loop (the first direction's) and prints its instruction count per element of a tile,
+the most frequent opcodes and the source lines that cost most. A static count: an inner loop
+left in the chunk loop (a run-time bound) is counted once.
 
     python tools/kernel_dev/kernel_sass.py [--kernel fwd|bwd|map-fwd|map-bwd] [--block-c 8]
-        [--block-l 64] [--warps 4] [--rank 6] [--pre-given] [--strided-columns] [--map 16x16]
-        [--lines 15]
+        [--block-l 64] [--warps 4] [--rank 6] [--pre-given] [--strided-columns] [--length 3136]
+        [--map 16x16] [--lines 15]
 
 The whole-map kernels (``kernels/ss2d_n1_map.py``, map-fwd / map-bwd) have no chunk loop: their
 whole code is counted, per padded position of the tile. Registers and stack (spills) per thread
@@ -109,7 +109,9 @@ def compile_kernel(args):
         constants['R'] = args.rank
     signature.update({name: 'i32' for name in scalars})
     signature.update({name: 'constexpr' for name in constants})
-    divisible = [name for name in signature if signature[name].startswith('*')] + ['L', 'CH']
+    # a launch specialises integer arguments divisible by 16 (and Triton then knows it)
+    divisible = [name for name in signature if signature[name].startswith('*')] + \
+        (['L'] if args.length % 16 == 0 else []) + ['CH']
     return compile_for_sm90(fn, signature, constants, divisible, args.warps)
 
 
@@ -160,6 +162,9 @@ def main(argv=None):
                         help='the projection done before the kernel (ranks >= 16)')
     parser.add_argument('--strided-columns', action='store_true',
                         help='column directions walk the map with a stride (maps < 512)')
+    parser.add_argument('--length', type=int, default=3136,
+                        help='map positions H x W of the launch (3136: 56 x 56): whether L is '
+                        'divisible by 16, which decides the alignment Triton can assume')
     parser.add_argument('--lines', type=int, default=15, help='source lines to list')
     args = parser.parse_args(argv)
     if os.environ.get('TRITON_INTERPRET') == '1':
