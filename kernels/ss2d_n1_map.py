@@ -209,7 +209,8 @@ def padded_map(height, width):
 
 def map_fits(height, width):
     """Whether a (height, width) map runs the whole-map kernels by default: padded, at most
-    ``$VMAMBA_WHOLE_MAP_POSITIONS`` (else ``MAX_MAP_POSITIONS``) positions."""
+    ``$VMAMBA_WHOLE_MAP_POSITIONS`` (else ``MAX_MAP_POSITIONS``) positions, and never more than
+    one tile holds (``MAX_TILE``)."""
     limit = os.environ.get(MAX_MAP_POSITIONS_ENV, '')
     try:
         limit = int(limit) if limit else MAX_MAP_POSITIONS
@@ -217,7 +218,7 @@ def map_fits(height, width):
         raise ValueError(f'${MAX_MAP_POSITIONS_ENV} must be an integer number of positions, got '
                          f'{limit!r}') from None
     hp, wp = padded_map(height, width)
-    return hp * wp <= limit
+    return hp * wp <= min(limit, MAX_TILE)
 
 
 def map_launch_config(height, width, block_c=None, num_warps=None):

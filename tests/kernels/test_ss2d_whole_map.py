@@ -97,11 +97,14 @@ def test_whole_map_under_torch_compile_matches_eager():
         assert rel_err(g[name], g_eager[name]) <= 1e-6, name
 
 
-@pytest.mark.parametrize('limit,expected', [(None, [False, False]), ('64', [True, False]),
-                                            ('256', [True, True])])
+@pytest.mark.parametrize('limit,expected', [(None, [False, False, False]),
+                                            ('64', [True, False, False]),
+                                            ('256', [True, True, False]),
+                                            ('100000', [True, True, False])])
 def test_default_routing_follows_the_positions_limit(limit, expected, monkeypatch):
     # off by default; $VMAMBA_WHOLE_MAP_POSITIONS routes maps padded to at most that many
-    # positions (a 7 x 7 map pads to 64, a 9 x 12 one to 256)
+    # positions (a 7 x 7 map pads to 64, a 9 x 12 one to 256), never more than a tile holds
+    # (65 x 33 pads to 128 x 64 = 8192 > 4096)
     if limit is None:
         monkeypatch.delenv(ss2d_n1_map.MAX_MAP_POSITIONS_ENV, raising=False)
     else:
@@ -110,7 +113,7 @@ def test_default_routing_follows_the_positions_limit(limit, expected, monkeypatc
     launch = ss2d_n1.launch_forward_map
     monkeypatch.setattr(ss2d_n1, 'launch_forward_map',
                         lambda *args: used.append(True) or launch(*args))
-    for size, uses_map in zip([(7, 7), (9, 12)], expected):
+    for size, uses_map in zip([(7, 7), (9, 12), (65, 33)], expected):
         used.clear()
         inputs = make_inputs(1, 2, *size, 2, 1)
         with torch.no_grad():
