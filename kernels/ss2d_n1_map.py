@@ -222,12 +222,14 @@ def map_fits(height, width):
 
 
 def map_launch_config(height, width, block_c=None, num_warps=None):
-    """(BLOCK_C, num_warps) of the whole-map kernels: by default 2048 elements per tile (at most
-    8 channels), a warp per 256 elements."""
+    """(BLOCK_C, num_warps) of the whole-map kernels: by default tiles of 1024 elements (at most
+    8 channels), a warp per 256 elements (from the sm_90 builds in docs/kernels.md: at 16 x 16,
+    4 channels and 4 warps take 127 / 216 registers in the forward / backward, 8 and 8 take 241 /
+    255, so four programs fit on a multiprocessor instead of one)."""
     hp, wp = padded_map(height, width)
     positions = hp * wp
     if block_c is None:
-        block_c = max(1, min(8, 2048 // positions))
+        block_c = max(1, min(8, 1024 // positions))
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f'block_c must be a power of two, got {block_c}')
     if block_c * positions > MAX_TILE:
