@@ -132,16 +132,19 @@ def ss2d_scan_unfused_triton(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, heigh
 
 def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
                   backend: Optional[str] = None, out_dtype: Optional[torch.dtype] = None,
-                  channels_last_out: bool = False) -> torch.Tensor:
+                  channels_last_out: bool = False, save_output: bool = False) -> torch.Tensor:
     """LayerNorm over dim 1 of a (batch, C, H, W) map with the backend switch of
-    :func:`ss2d_scan`. ``out_dtype`` (default x's dtype) and ``channels_last_out`` (store the
-    output channels-last) apply to the Triton path; the torch path follows ``F.layer_norm``.
+    :func:`ss2d_scan`. ``out_dtype`` (default x's dtype), ``channels_last_out`` (store the
+    output channels-last) and ``save_output`` (the backward works from the output, not the
+    input: see :func:`layer_norm_2d_triton`) apply to the Triton path; the torch path follows
+    ``F.layer_norm``.
     Inside ``torch.compile`` the torch path runs on every device (inductor fuses it), with
     ``out_dtype`` applied."""
     from .layernorm2d import layer_norm_2d_torch, layer_norm_2d_triton
     compiling = torch.compiler.is_compiling()
     if resolve_backend(backend, x) == 'triton' and not compiling:
-        return layer_norm_2d_triton(x, weight, bias, eps, out_dtype, channels_last_out)
+        return layer_norm_2d_triton(x, weight, bias, eps, out_dtype, channels_last_out,
+                                    save_output)
     out = layer_norm_2d_torch(x, weight, bias, eps)
     if compiling and out_dtype is not None:
         # under torch.compile every backend takes this path: inductor generates the norm and

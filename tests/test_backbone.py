@@ -151,14 +151,27 @@ def test_frozen_stages_get_no_gradients():
     assert not model.layers[1].training and model.layers[2].training
 
 
-def plain_and_variant(**variant):
-    """Two SMALL models in training mode with the same weights, the second built with
-    ``variant``'s arguments, and an input."""
+def plain_and_variant(common=None, **variant):
+    """Two SMALL models in training mode with the same weights (both built with ``common``'s
+    arguments, the second also with ``variant``'s), and an input."""
     torch.manual_seed(0)
-    plain = VMamba(SMALL, out_indices=(0, 3)).train()
-    other = VMamba(SMALL, out_indices=(0, 3), **variant).train()
+    plain = VMamba(SMALL, out_indices=(0, 3), **(common or {})).train()
+    other = VMamba(SMALL, out_indices=(0, 3), **(common or {}), **variant).train()
     other.load_state_dict(plain.state_dict())
     return plain, other, torch.randn(2, 3, 32, 32)
+
+
+def step_holding(model, x):
+    """A training step of ``model`` on ``x`` (the same drop-path masks every call): its outputs
+    and the bytes autograd held for the backward, each storage once (parameters included)."""
+    held = []
+    torch.manual_seed(1)
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: held.append(t.untyped_storage()) or t, lambda t: t):
+        out = model(x)
+    saved = sum({s.data_ptr(): s.nbytes() for s in held}.values())
+    sum(o.square().mean() for o in out).backward()
+    return [o.detach() for o in out], saved
 
 
 def test_with_cp_gives_the_same_gradients():
@@ -172,17 +185,7 @@ def test_with_cp_gives_the_same_gradients():
 
 def test_recompute_mlp_act_gives_the_same_gradients_and_holds_less():
     plain, lean, x = plain_and_variant(recompute_mlp_act=True)
-    saved, outputs = [], []
-    for model in (plain, lean):
-        held = []
-        torch.manual_seed(1)  # the same drop-path masks in both runs
-        with torch.autograd.graph.saved_tensors_hooks(
-                lambda t: held.append(t.untyped_storage()) or t, lambda t: t):
-            out = model(x)
-        # bytes held for the backward, each storage once (parameters included in both)
-        saved.append(sum({s.data_ptr(): s.nbytes() for s in held}.values()))
-        outputs.append([o.detach() for o in out])
-        sum(o.square().mean() for o in out).backward()
+    outputs, saved = zip(*(step_holding(model, x) for model in (plain, lean)))
     for a, b in zip(*outputs):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(plain.named_parameters(), lean.parameters()):
@@ -355,3 +358,22 @@ def test_compiled_backbone_matches_eager_and_survives_a_deep_copy():
     # an empty dict compiles with torch.compile's defaults, like True; False stays eager
     assert VMamba(arch, compile={}).compile_cfg == VMamba(arch, compile=True).compile_cfg == {}
     assert VMamba(arch, compile=False).compile_cfg is None
+
+
+def test_memory_efficient_norm_same_gradients_and_holds_no_norm_inputs():
+    # on the Triton path (interpreter here) the norms feeding linear layers keep their output
+    # (held by that layer anyway) instead of their float32 input: per block the residual stream
+    # twice and the scan's output; the gradients stay those of the plain model
+    plain, lean, x = plain_and_variant(dict(scan_backend='triton'), memory_efficient_norm=True)
+    flagged = {name for name, m in lean.named_modules() if getattr(m, 'memory_efficient', False)}
+    assert flagged == {name for name, m in lean.named_modules()
+                       if name.endswith(('.norm', '.norm2', '.out_norm'))}
+    outputs, saved = zip(*(step_holding(model, x) for model in (plain, lean)))
+    for a, b in zip(*outputs):
+        assert torch.equal(a, b)
+    for (name, a), b in zip(plain.named_parameters(), lean.parameters()):
+        assert torch.allclose(b.grad, a.grad, rtol=1e-4, atol=1e-6), name
+    # three float32 maps of C channels per block (d_inner = C: ssm_ratio 1 in SMALL)
+    maps = sum(3 * c * (32 // 2**(i + 2))**2 * depth for i, (c, depth) in
+               enumerate(zip(plain.dims, plain.depths)))
+    assert saved[0] - saved[1] == maps * 2 * 4

@@ -96,3 +96,55 @@ def test_bad_inputs_name_the_argument():
         layer_norm_2d_triton(x[0], weight, bias)
     with pytest.raises(TypeError, match='x must have dtype'):
         layer_norm_2d_triton(x.double(), weight, bias)
+
+
+def held_bytes(fn):
+    """fn()'s result and the bytes of every storage autograd holds for its backward."""
+    held = []
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: held.append(t.untyped_storage()) or t, lambda t: t):
+        out = fn()
+    return out, sum({s.data_ptr(): s.nbytes() for s in held}.values())
+
+
+@pytest.mark.parametrize('in_last,out_last,out_dtype', [
+    (False, False, None), (True, True, None), (False, True, None), (True, False, None),
+    (False, True, torch.bfloat16), (True, True, torch.float16)])
+def test_save_output_backward_matches_float64_and_holds_no_input(in_last, out_last, out_dtype):
+    # the backward recovers x-hat from the output (y - bias) / weight: same gradients as the
+    # input-keeping norm (float32 output) or within the output's rounding (half outputs), dx in
+    # x's dtype and layout, and the input is no longer held
+    x, weight, bias = inputs(2, 24, 5, 3)
+    weight[3] = -0.05  # a small and a negative weight
+    fmt = torch.channels_last if in_last else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
+    grad = torch.randn(x.shape, dtype=torch.float64)
+    leaves64 = [t.double().requires_grad_(True) for t in (x, weight, bias)]
+    reference(*leaves64, eps=1e-5).backward(grad)
+    results = {}
+    for save_output in (False, True):
+        leaves = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+        y, held = held_bytes(lambda: layer_norm_2d_triton(
+            *leaves, out_dtype=out_dtype, channels_last_out=out_last, save_output=save_output))
+        y.backward(grad.to(y.dtype))
+        results[save_output] = (held, y, [t.grad for t in leaves])
+        assert leaves[0].grad.dtype == x.dtype
+        assert leaves[0].grad.is_contiguous(memory_format=fmt)
+    (held_in, y_in, g_in), (held_out, y_out, g_out) = results[False], results[True]
+    assert torch.equal(y_in, y_out)
+    # the input norm holds x, weight, bias, stats; the other y (the caller's anyway) instead of x
+    assert held_in - held_out == x.nelement() * 4 - y_out.nelement() * y_out.element_size()
+    tol = 1e-5 if out_dtype is None else 1e-2
+    for name, a, b, c in zip(('x', 'weight', 'bias'), g_out, g_in, leaves64):
+        assert rel(a, c.grad) < tol, name
+        if out_dtype is None:
+            assert rel(a, b) < 1e-5, name
+
+
+def test_save_output_with_a_zero_weight_stays_finite():
+    x, weight, bias = inputs(1, 6, 3, 4)
+    weight[2] = 0.
+    leaf = x.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    layer_norm_2d_triton(leaf, w, bias, save_output=True).square().sum().backward()
+    assert torch.isfinite(leaf.grad).all() and torch.isfinite(w.grad).all()

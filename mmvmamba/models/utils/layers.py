@@ -37,11 +37,17 @@ class LayerNorm2d(nn.LayerNorm):
             channel-first and float32 under autocast like ``F.layer_norm``, so residual streams
             keep their precision. Default: False.
         backend (str, optional): 'auto' | 'triton' | 'torch'. Default: None (environment).
+        memory_efficient (bool): on the Triton path, keep the output instead of the input for
+            the backward, which recovers the normalised map as (y - bias) / weight (as Apex's
+            memory-efficient LayerNorm). Where the output is held anyway (by the linear layer
+            it feeds) the norm then holds no map of its own. Default: False.
     """
 
-    def __init__(self, normalized_shape, eps=1e-5, feeds_linear=False, backend=None, **kwargs):
+    def __init__(self, normalized_shape, eps=1e-5, feeds_linear=False, backend=None,
+                 memory_efficient=False, **kwargs):
         super().__init__(normalized_shape, eps=eps, **kwargs)
         self.feeds_linear, self.backend = feeds_linear, backend
+        self.memory_efficient = memory_efficient
 
     def forward(self, x):
         if x.dim() == 4 and self.elementwise_affine and self.bias is not None:
@@ -52,7 +58,8 @@ class LayerNorm2d(nn.LayerNorm):
             if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
                 x = x.contiguous()
             return layer_norm_2d(x, self.weight, self.bias, self.eps, backend=self.backend,
-                                 out_dtype=out_dtype, channels_last_out=self.feeds_linear)
+                                 out_dtype=out_dtype, channels_last_out=self.feeds_linear,
+                                 save_output=self.memory_efficient)
         return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
                             self.eps).permute(0, 3, 1, 2)
 

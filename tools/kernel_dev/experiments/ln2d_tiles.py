@@ -40,17 +40,20 @@ def _ln2d_bwd_whole_tile(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_pt
     tl.store(db_ptr + row, tl.sum(dy, 1), mask=cm)
 
 
+def outputs(x, block_p):
+    """Empty dx, d weight and d bias partial rows, and the number of position blocks."""
+    n_blocks = triton.cdiv(x.shape[2] * x.shape[3], block_p)
+    dw = x.new_empty((x.shape[0] * n_blocks, x.shape[1]), dtype=torch.float32)
+    return torch.empty_like(x), dw, torch.empty_like(dw), n_blocks
+
+
 def launch(kernel, x, weight, stats, dy, block_c, block_p, warps):
     """dx, d weight, d bias from ``kernel`` at the given tile (partial rows summed)."""
-    batch, channels = x.shape[:2]
-    positions = x.shape[2] * x.shape[3]
-    n_blocks = triton.cdiv(positions, block_p)
-    dx = torch.empty_like(x)
-    dw = x.new_empty((batch * n_blocks, channels), dtype=torch.float32)
-    db = torch.empty_like(dw)
-    kernel[(n_blocks, batch)](x, weight, dy, stats[0], stats[1], dx, dw, db, channels, positions,
-                              n_blocks, *ln._layout_strides(x), *ln._layout_strides(dy),
-                              BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+    dx, dw, db, n_blocks = outputs(x, block_p)
+    kernel[(n_blocks, x.shape[0])](x, weight, dy, stats[0], stats[1], dx, dw, db, x.shape[1],
+                                   x.shape[2] * x.shape[3], n_blocks, *ln._layout_strides(x),
+                                   *ln._layout_strides(dy), BLOCK_C=block_c, BLOCK_P=block_p,
+                                   num_warps=warps)
     return dx, dw.sum(0), db.sum(0)
 
 
@@ -60,7 +63,14 @@ def whole_tile(x, weight, stats, dy, block_p, warps):
 
 
 def looped(x, weight, stats, dy, block_c, block_p, warps):
-    return launch(ln._ln2d_bwd_kernel, x, weight, stats, dy, block_c, block_p, warps)
+    """The shipped kernel (its x-hat from x, as a norm that keeps its input) at the given tile."""
+    dx, dw, db, n_blocks = outputs(x, block_p)
+    ln._ln2d_bwd_kernel[(n_blocks, x.shape[0])](
+        x, weight, weight, dy, stats[0], stats[1], dx, dw, db, x.shape[1],
+        x.shape[2] * x.shape[3], n_blocks,
+        *ln._layout_strides(x), *ln._layout_strides(dy), *ln._layout_strides(dx),
+        FROM_OUTPUT=False, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+    return dx, dw.sum(0), db.sum(0)
 
 
 def main():
