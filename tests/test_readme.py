@@ -115,3 +115,18 @@ def _check_command(cmd, tmp_path):
 @pytest.mark.parametrize('cmd', commands())
 def test_command(cmd, tmp_path):
     _check_command(cmd, tmp_path)
+
+
+def test_backbone_options_named_in_the_text_exist():
+    # options the prose names as `model.backbone.NAME=VALUE` are arguments of the backbone, and
+    # a SMALL backbone builds with each value as written
+    import inspect
+
+    from mmvmamba.models import VMamba
+    with open(README) as f:
+        named = re.findall(r'`model\.backbone\.(\w+)=([^`]+)`', f.read())
+    assert {'compile', 'recompute_mlp_act', 'memory_efficient_norm'} <= {n for n, _ in named}
+    arguments = inspect.signature(VMamba).parameters
+    for name, value in named:
+        assert name in arguments, name
+        VMamba(dict(dims=8, depths=(1, 1, 1, 1)), **{name: eval(value)})
