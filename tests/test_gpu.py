@@ -47,6 +47,43 @@ def test_triton_scan_on_cuda_matches_float64(shape):
         assert rel_err(g[name].cpu(), ref) < 1e-4, name
 
 
+@pytest.mark.parametrize('shape', [(2, 384, 14, 14, 24, 1), (2, 768, 7, 7, 48, 1),
+                                   (1, 192, 28, 28, 12, 1), (2, 24, 9, 11, 3, 1)])
+def test_whole_map_scan_on_cuda_matches_float64(shape):
+    # the opt-in whole-map kernels (compiled, real VMamba stage shapes) against float64
+    from .kernels.naive import naive_ss2d
+    from .kernels.test_ss2d_scan import forward_and_grads, make_inputs, rel_err
+    from vmamba_kernels.ss2d_n1 import ss2d_scan_n1
+    inputs = make_inputs(*shape, seed=2)
+    grad = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    y_ref, g_ref = forward_and_grads(naive_ss2d, {k: v.double() for k, v in inputs.items()},
+                                     grad)
+    cuda = {k: v.cuda() for k, v in inputs.items()}
+    y, g = forward_and_grads(lambda **kw: ss2d_scan_n1(**kw, whole_map=True), cuda, grad.cuda())
+    assert y.is_cuda and rel_err(y.cpu(), y_ref) < 1e-5
+    for name, ref in g_ref.items():
+        assert rel_err(g[name].cpu(), ref) < 1e-4, name
+
+
+@pytest.mark.parametrize('out_dtype', [None, torch.float16])
+def test_layer_norm_2d_from_output_on_cuda(out_dtype):
+    # memory_efficient_norm's kernel: gradients from the output as from the input
+    import vmamba_kernels as vk
+    x = torch.randn(3, 200, 13, 17, device='cuda').contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(200, device='cuda') * 0.5 + 1, torch.randn(200, device='cuda')
+    grad = torch.randn(x.shape, device='cuda')
+    grads = []
+    for save_output in (False, True):
+        leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
+        y = vk.layer_norm_2d(*leaves, backend='triton', out_dtype=out_dtype,
+                             channels_last_out=True, save_output=save_output)
+        y.backward(grad.to(y.dtype))
+        grads.append([t.grad for t in leaves])
+    tol = 1e-5 if out_dtype is None else 1e-2
+    for a, c in zip(*grads):
+        assert ((a - c).abs().max() / c.abs().max()).item() < tol
+
+
 def test_layer_norm_2d_on_cuda_matches_float64():
     import vmamba_kernels as vk
     x = torch.randn(3, 200, 13, 17)
