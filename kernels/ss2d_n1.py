@@ -410,11 +410,12 @@ class SS2DScanN1Function(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, dy, dyt):
-        x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states = saved
         height, width, merged, cols_t, project_first, cfg, whole_map = ctx.meta
         dy = dy.contiguous() if dy is not None else torch.zeros_like(x, dtype=torch.float32)
         if whole_map is not None:
-            return SS2DScanN1Function._backward_map(ctx, dy)
+            return SS2DScanN1Function._backward_map(ctx, saved, dy)
         if cols_t:
             xt = x.transpose(2, 3).contiguous()
             dyt = dyt.contiguous() if dyt is not None else torch.zeros_like(xt, dtype=dy.dtype)
@@ -433,11 +434,11 @@ class SS2DScanN1Function(torch.autograd.Function):
         if cols_t:  # back to row-major
             ddtl, dB, dC = (_odd_directions_by_column(t, width, height) for t in (ddtl, dB, dC))
         return (dx.to(x.dtype), dxt.to(x.dtype) if cols_t else None) + _parameter_grads(
-            ctx, ddtl, dw, dbias, dA, dB, dC, dD)
+            saved, ddtl, dw, dbias, dA, dB, dC, dD)
 
     @staticmethod
-    def _backward_map(ctx, dy):
-        x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, _ = ctx.saved_tensors
+    def _backward_map(ctx, saved, dy):
+        x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, _ = saved
         height, width, _, _, project_first, _, whole_map = ctx.meta
         dt_in_order, dt_src, bs, cs = _kernel_rows(dt_low, dt_weight, Bs, Cs, height, width,
                                                    False, project_first)
@@ -447,7 +448,7 @@ class SS2DScanN1Function(torch.autograd.Function):
         del dt_src, bs, cs
         ddtl, dw = _projection_grads(dt_weight, dt_in_order, dpre)
         return (dx.to(x.dtype), None) + _parameter_grads(
-            ctx, ddtl, dw, dbias, dA, dB.sum(2, keepdim=True), dC.sum(2, keepdim=True), dD)
+            saved, ddtl, dw, dbias, dA, dB.sum(2, keepdim=True), dC.sum(2, keepdim=True), dD)
 
 
 def _projection_grads(dt_weight, dt_in_order, dpre):
@@ -459,10 +460,10 @@ def _projection_grads(dt_weight, dt_in_order, dpre):
     return ddtl, dw
 
 
-def _parameter_grads(ctx, ddtl, dw, dbias, dA, dB, dC, dD):
-    """The gradients after x's (and xt's), in the inputs' dtypes, the per-batch partials summed.
-    """
-    _, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, _ = ctx.saved_tensors
+def _parameter_grads(saved, ddtl, dw, dbias, dA, dB, dC, dD):
+    """The gradients after x's (and xt's), in the dtypes of the ``saved`` inputs, the per-batch
+    partials summed."""
+    _, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, _ = saved
     return (ddtl.to(dt_low.dtype), dw.to(dt_weight.dtype),
             dbias.sum(0).view(4, dt_weight.shape[1]).to(dt_bias.dtype),
             dA.sum(0)[:, None].to(A.dtype), dB.to(Bs.dtype), dC.to(Cs.dtype),
