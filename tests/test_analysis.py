@@ -137,6 +137,22 @@ def test_compare_compiled_scales_the_fp16_loss_like_grad_scaler():
     assert errors[1] < errors[0] / 2, errors
 
 
+def test_benchmark_compile_graph_marks_every_step(monkeypatch):
+    # torch.compile(mode='reduce-overhead') replays CUDA graph trees: each measured step is
+    # announced to them (torch.compile itself is replaced: no compilation needed to see it)
+    import benchmark
+    compiled, step_marks = [], []
+    monkeypatch.setattr(torch, 'compile', lambda model, **kw: compiled.append(kw) or model)
+    monkeypatch.setattr(torch.compiler, 'cudagraph_mark_step_begin',
+                        lambda: step_marks.append(1))
+    rows = benchmark.main([DIGITS, '--batch', '2', '--shape', '32', '32', '--device', 'cpu',
+                           '--warmup', '1', '--repeats', '2', '--amp', 'none', '--modes',
+                           'inference', '--launch', 'compile', 'compile-graph'])
+    assert [r[2] for r in rows] == ['compile', 'compile-graph']
+    assert compiled == [{'mode': None}, {'mode': 'reduce-overhead'}]
+    assert len(step_marks) == 3  # the warm-up and measured steps of compile-graph only
+
+
 def test_cuda_graph_launch_needs_a_gpu():
     import benchmark
     from mmvmamba.analysis import measure_throughput

@@ -63,7 +63,10 @@ def main(argv=None):
                                amp, mode != 'inference', optimizer,
                                args.warmup, args.repeats,
                                _common.progress_printer(f'{mode} {amp} {launch}'),
-                               cuda_graph=launch == 'graph')
+                               cuda_graph=launch == 'graph',
+                               # CUDA graph trees: each step may overwrite the last one's outputs
+                               before_step=(torch.compiler.cudagraph_mark_step_begin
+                                            if launch == 'compile-graph' else None))
         peak = '-' if r['peak_bytes'] is None else f"{r['peak_bytes'] / 2**30:.1f} GiB"
         rows.append((mode, amp, launch, r['images_per_s'], peak, time.time() - start))
         # each result as soon as it is measured: a run cut short keeps the rows it finished
