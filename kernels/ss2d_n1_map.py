@@ -54,8 +54,8 @@ def _to_row_order(v, BLOCK_C: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr):
 
 
 @triton.jit
-def _direction(dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, b, c, cm, u, s, valid,
-               CH, L, K: tl.constexpr, R: tl.constexpr, PRE_GIVEN: tl.constexpr,
+def _direction(dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, b, c, cm, s, valid, CH, L,
+               K: tl.constexpr, R: tl.constexpr, PRE_GIVEN: tl.constexpr,
                HAS_D: tl.constexpr, BLOCK_C: tl.constexpr, LP: tl.constexpr):
     """Direction K's inputs on the walk (offsets s): per-channel A and D, delta's pre-activation
     (projected in registers from dt_low, or PRE_GIVEN: read), delta, decay and the B, C rows."""
@@ -85,11 +85,24 @@ def _fwd_direction(dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, b, c, c
                    HAS_D: tl.constexpr, BLOCK_C: tl.constexpr, LP: tl.constexpr):
     """Direction K's output on its walk (directions 2, 3: the walks of 0, 1 scanned in reverse)."""
     _, _, Dk, _, delta, decay, bv, cv = _direction(
-        dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, b, c, cm, u, s, valid, CH, L, K,
-        R, PRE_GIVEN, HAS_D, BLOCK_C, LP)
+        dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, b, c, cm, s, valid, CH, L, K, R,
+        PRE_GIVEN, HAS_D, BLOCK_C, LP)
     _, states = tl.associative_scan((decay, delta * u * bv[None, :]), 1, _combine,
                                     reverse=K >= 2)
     return states * cv[None, :] + Dk[:, None] * u
+
+
+@triton.jit
+def _fwd_walk(args, x_base, cm, H, W, CH, L, COLS: tl.constexpr, R: tl.constexpr,
+              PRE_GIVEN: tl.constexpr, HAS_D: tl.constexpr, BLOCK_C: tl.constexpr,
+              HP: tl.constexpr, WP: tl.constexpr):
+    """The two directions of one walk (rows: 0 and 2; columns: 1 and 3), summed on the walk."""
+    s, valid = _walk(H, W, COLS, HP, WP)
+    u = tl.load(x_base + s[None, :], mask=cm[:, None] & valid[None, :], other=0.).to(tl.float32)
+    y = _fwd_direction(*args, u, s, valid, CH, L, COLS, R, PRE_GIVEN, HAS_D, BLOCK_C, HP * WP)
+    y += _fwd_direction(*args, u, s, valid, CH, L, 2 + COLS, R, PRE_GIVEN, HAS_D, BLOCK_C,
+                        HP * WP)
+    return y
 
 
 @triton.jit
@@ -100,18 +113,12 @@ def _ss2d_fwd_map_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < CH
     x_base = x_ptr + (b * CH + c[:, None]) * L
-    args = (dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, b, c, cm)
+    walk = ((dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, b, c, cm), x_base, cm, H, W,
+            CH, L)
+    y = _fwd_walk(*walk, 0, R, PRE_GIVEN, HAS_D, BLOCK_C, HP, WP)
+    y += _to_row_order(_fwd_walk(*walk, 1, R, PRE_GIVEN, HAS_D, BLOCK_C, HP, WP), BLOCK_C, HP,
+                       WP)
     s_row, v_row = _walk(H, W, False, HP, WP)
-    u = tl.load(x_base + s_row[None, :], mask=cm[:, None] & v_row[None, :],
-                other=0.).to(tl.float32)
-    y = _fwd_direction(*args, u, s_row, v_row, CH, L, 0, R, PRE_GIVEN, HAS_D, BLOCK_C, HP * WP)
-    y += _fwd_direction(*args, u, s_row, v_row, CH, L, 2, R, PRE_GIVEN, HAS_D, BLOCK_C, HP * WP)
-    s_col, v_col = _walk(H, W, True, HP, WP)
-    u = tl.load(x_base + s_col[None, :], mask=cm[:, None] & v_col[None, :],
-                other=0.).to(tl.float32)
-    yc = _fwd_direction(*args, u, s_col, v_col, CH, L, 1, R, PRE_GIVEN, HAS_D, BLOCK_C, HP * WP)
-    yc += _fwd_direction(*args, u, s_col, v_col, CH, L, 3, R, PRE_GIVEN, HAS_D, BLOCK_C, HP * WP)
-    y += _to_row_order(yc, BLOCK_C, HP, WP)
     tl.store(y_ptr + (b * CH + c[:, None]) * L + s_row[None, :], y,
              mask=cm[:, None] & v_row[None, :])
 
@@ -125,8 +132,8 @@ def _bwd_direction(dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dpre_pt
     partial dB, dC (row-major positions); returns du on the walk and the per-channel sums of
     dA, d bias, dD."""
     kc, A, Dk, pre, delta, decay, bv, cv = _direction(
-        dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, b, c, cm, u, s, valid, CH, L, K,
-        R, PRE_GIVEN, HAS_D, BLOCK_C, LP)
+        dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, b, c, cm, s, valid, CH, L, K, R,
+        PRE_GIVEN, HAS_D, BLOCK_C, LP)
     du_in = delta * u
     inp = du_in * bv[None, :]
     _, states = tl.associative_scan((decay, inp), 1, _combine, reverse=K >= 2)
