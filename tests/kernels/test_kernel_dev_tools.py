@@ -60,3 +60,18 @@ def test_benchmark_scan_configs():
     assert benchmark_scan.parse_config('4x32x1x2x1x0') == (4, 32, 1, 2, 1, 0)
     assert benchmark_scan.parse_config('whole_map=1,map_block_c=4,map_num_warps=2') == dict(
         whole_map=1, map_block_c=4, map_num_warps=2)
+
+
+def test_norm_from_output_error_grows_with_bias_over_weight():
+    # the trade-off README states for memory_efficient_norm: recovering the normalised input from
+    # the fp16 output costs nothing while |bias| / |weight| is small and grows with it; the
+    # input-keeping norm is unaffected by the ratio
+    import torch
+    from norm_from_output_error import error_table
+    rows = dict(error_table([0, 100], (1, 32, 8, 8), torch.float16, seeds=1, device='cpu'))
+    for ratio in (0, 100):
+        assert max(rows[ratio]['input']) < 1e-3, rows
+    assert max(rows[0]['output']) < 2 * max(rows[0]['input']) + 1e-4, rows
+    dx_error, dweight_error = rows[100]['output']
+    assert dweight_error > 10 * rows[100]['input'][1], rows
+    assert dx_error > 3 * rows[100]['input'][0], rows
