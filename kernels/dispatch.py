@@ -139,12 +139,17 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     input: see :func:`layer_norm_2d_triton`) apply to the Triton path; the torch path follows
     ``F.layer_norm``.
     Inside ``torch.compile`` the torch path runs on every device (inductor fuses it), with
-    ``out_dtype`` applied."""
+    ``out_dtype`` applied, and ``save_output`` through a torch autograd Function whose backward
+    works from the output (``layernorm_from_output.py``)."""
     from .layernorm2d import layer_norm_2d_torch, layer_norm_2d_triton
     compiling = torch.compiler.is_compiling()
     if resolve_backend(backend, x) == 'triton' and not compiling:
         return layer_norm_2d_triton(x, weight, bias, eps, out_dtype, channels_last_out,
                                     save_output)
+    if compiling and save_output:
+        # the compiled graph then keeps y (which the next linear layer holds too), not x
+        from .layernorm_from_output import layer_norm_2d_from_output
+        return layer_norm_2d_from_output(x, weight, bias, eps, out_dtype)
     out = layer_norm_2d_torch(x, weight, bias, eps)
     if compiling and out_dtype is not None:
         # under torch.compile every backend takes this path: inductor generates the norm and

@@ -127,13 +127,71 @@ def test_layer_norm_is_left_to_inductor_under_compile():
         assert rel_err(y, reference) <= 8e-3  # bf16 rounding of the output
 
 
-def test_compiled_model_on_the_triton_path_matches_eager():
-    # the whole backbone as users compile it: the scans opaque, the norms left to inductor
+def saved_for_backward_backend(saved):
+    """A torch.compile backend (AOTAutograd, inductor's min-cut partition, graphs run as they
+    are) that appends to ``saved`` the (shape, dtype) of every tensor the backward graph takes
+    from the forward: what the compiled step keeps alive between them."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    def partition(joint, inputs, **kwargs):
+        forward, backward = min_cut_rematerialization_partition(joint, inputs, **kwargs)
+        for node in backward.graph.nodes:
+            value = node.meta.get('val')
+            if (node.op == 'placeholder' and not node.name.startswith('tangents')
+                    and isinstance(value, torch.Tensor)):
+                saved.append((tuple(value.shape), value.dtype))
+        return forward, backward
+
+    return aot_autograd(fw_compiler=lambda gm, _: gm, bw_compiler=lambda gm, _: gm,
+                        partition_fn=partition)
+
+
+@pytest.mark.parametrize('save_output', [False, True])
+def test_compiled_norm_with_save_output_keeps_its_output_not_its_input(save_output):
+    # a norm feeding a linear layer, as in the VSS block, its output in bf16: under compile
+    # save_output keeps 2 bytes per element where the plain norm keeps 4; gradients of both,
+    # eager and compiled, within bf16 rounding of float64
+    torch._dynamo.reset()
+    x = (torch.randn(2, 16, 5, 6) * 2 + 1).requires_grad_(True)
+    weight = (torch.randn(16) * 0.5 + 1).requires_grad_(True)
+    bias = (torch.randn(16) * 0.1).requires_grad_(True)
+    proj = (torch.randn(12, 16) * 0.25).to(torch.bfloat16).requires_grad_(True)
+
+    def norm_then_linear(x, weight, bias, proj):
+        y = vk.layer_norm_2d(x, weight, bias, 1e-5, backend='triton', out_dtype=torch.bfloat16,
+                             channels_last_out=True, save_output=save_output)
+        return F.linear(y.permute(0, 2, 3, 1), proj).float().sin().sum()
+
+    def in_float64(x, weight, bias, proj):
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (16, ), weight, bias, 1e-5)
+        return F.linear(y, proj).sin().sum()
+
+    saved = []
+    leaves = (x, weight, bias, proj)
+    exact = torch.autograd.grad(in_float64(*(t.double() for t in leaves)), leaves)
+    for fn in (norm_then_linear, torch.compile(norm_then_linear, fullgraph=True,
+                                               backend=saved_for_backward_backend(saved))):
+        grads = torch.autograd.grad(fn(*leaves), leaves)
+        for name, grad, ref in zip(('x', 'weight', 'bias', 'proj'), grads, exact):
+            assert rel_err(grad.double(), ref) <= 3e-2, name  # bf16 output and GEMM
+    # the plain norm's step keeps the float32 input (in whatever layout) and recomputes the
+    # output for the linear layer's backward; with save_output it keeps the bf16 output only
+    maps = [(sorted(shape), dtype) for shape, dtype in saved if len(shape) == 4]
+    assert ((sorted(x.shape), torch.float32) in maps) != save_output, maps
+    assert ((sorted(x.shape), torch.bfloat16) in maps) == save_output, maps
+
+
+@pytest.mark.parametrize('memory_efficient_norm', [False, True])
+def test_compiled_model_on_the_triton_path_matches_eager(memory_efficient_norm):
+    # the whole backbone as users compile it: the scans opaque, the norms left to inductor (with
+    # memory_efficient_norm, the torch Function whose backward works from the output)
     from mmvmamba.models import VMamba
     torch._dynamo.reset()
     torch.manual_seed(0)
     arch = dict(dims=8, depths=(1, 1, 1, 1), drop_path_rate=0.0)
-    model = VMamba(arch, out_indices=(0, 3), scan_backend='triton').train()
+    model = VMamba(arch, out_indices=(0, 3), scan_backend='triton',
+                   memory_efficient_norm=memory_efficient_norm).train()
     x = torch.randn(2, 3, 32, 32)
     results = []
     for run in (model, torch.compile(model, backend='aot_eager', fullgraph=True)):

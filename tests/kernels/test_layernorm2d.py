@@ -4,6 +4,7 @@ import torch
 
 import vmamba_kernels as vk
 from vmamba_kernels.layernorm2d import layer_norm_2d_triton
+from vmamba_kernels.layernorm_from_output import layer_norm_2d_from_output
 
 
 def reference(x, weight, bias, eps):
@@ -141,10 +142,46 @@ def test_save_output_backward_matches_float64_and_holds_no_input(in_last, out_la
             assert rel(a, b) < 1e-5, name
 
 
-def test_save_output_with_a_zero_weight_stays_finite():
+FROM_OUTPUT = {'triton': lambda x, w, b, out_dtype=None: layer_norm_2d_triton(
+    x, w, b, out_dtype=out_dtype, save_output=True), 'torch': layer_norm_2d_from_output}
+
+
+@pytest.mark.parametrize('impl', sorted(FROM_OUTPUT))
+def test_save_output_with_a_zero_weight_stays_finite(impl):
     x, weight, bias = inputs(1, 6, 3, 4)
     weight[2] = 0.
     leaf = x.clone().requires_grad_(True)
     w = weight.clone().requires_grad_(True)
-    layer_norm_2d_triton(leaf, w, bias, save_output=True).square().sum().backward()
+    FROM_OUTPUT[impl](leaf, w, bias).square().sum().backward()
     assert torch.isfinite(leaf.grad).all() and torch.isfinite(w.grad).all()
+
+
+@pytest.mark.parametrize('in_last,out_dtype', [(False, None), (True, None),
+                                                (False, torch.bfloat16), (True, torch.float16)])
+def test_torch_from_output_function_matches_float64_and_holds_no_input(in_last, out_dtype):
+    # the torch ops that torch.compile runs for save_output: F.layer_norm's output in the
+    # requested dtype, gradients of the float64 formula (float32 output) or within the output's
+    # rounding (half), and x's storage not among what autograd keeps
+    x, weight, bias = inputs(3, 20, 4, 5)
+    weight[3] = -0.05
+    x = x.contiguous(memory_format=torch.channels_last if in_last else torch.contiguous_format)
+    leaves64 = [t.double().requires_grad_(True) for t in (x, weight, bias)]
+    grad = torch.randn(x.shape, dtype=torch.float64)
+    reference(*leaves64, eps=1e-5).backward(grad)
+    leaves = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    held = []
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: held.append(t.untyped_storage().data_ptr()) or t, lambda t: t):
+        y = layer_norm_2d_from_output(*leaves, out_dtype=out_dtype)
+    assert leaves[0].untyped_storage().data_ptr() not in held
+    assert y.untyped_storage().data_ptr() in held
+    plain = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (20, ), weight, bias)
+    assert y.dtype == (out_dtype or x.dtype)
+    # float32: F.layer_norm's value; half: within the output's rounding of it
+    rtol = 1e-5 if out_dtype is None else torch.finfo(out_dtype).eps
+    assert torch.allclose(y.float(), plain.permute(0, 3, 1, 2), rtol=rtol, atol=1e-5)
+    y.backward(grad.to(y.dtype))
+    tol = 1e-5 if out_dtype is None else 1e-2
+    for name, a, c in zip(('x', 'weight', 'bias'), leaves, leaves64):
+        assert a.grad.dtype == torch.float32 and a.grad.shape == c.shape
+        assert rel(a.grad, c.grad) < tol, name

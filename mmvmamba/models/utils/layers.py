@@ -37,10 +37,11 @@ class LayerNorm2d(nn.LayerNorm):
             channel-first and float32 under autocast like ``F.layer_norm``, so residual streams
             keep their precision. Default: False.
         backend (str, optional): 'auto' | 'triton' | 'torch'. Default: None (environment).
-        memory_efficient (bool): on the Triton path, keep the output instead of the input for
-            the backward, which recovers the normalised map as (y - bias) / weight (as Apex's
-            memory-efficient LayerNorm). Where the output is held anyway (by the linear layer
-            it feeds) the norm then holds no map of its own. Default: False.
+        memory_efficient (bool): on the Triton path and under ``torch.compile``, keep the
+            output instead of the input for the backward, which recovers the normalised map as
+            (y - bias) / weight (as Apex's memory-efficient LayerNorm). Where the output is held
+            anyway (by the linear layer it feeds) the norm then holds no map of its own. The
+            gradients carry the output's rounding divided by the weight. Default: False.
     """
 
     def __init__(self, normalized_shape, eps=1e-5, feeds_linear=False, backend=None,
