@@ -113,6 +113,11 @@ def ss2d_scan_triton(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
         from .ss2d_n1 import ss2d_scan_n1
         return ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, **config)
     from .ss2d_triton import ss2d_scan_general
+    general = {'block_c', 'block_l', 'num_warps'}
+    unknown = sorted(set(config) - general)
+    if unknown:
+        raise TypeError(f'{unknown} apply to d_state 1 only (the kernels of ss2d_n1.py); with '
+                        f'd_state {A.shape[1]} the options are {sorted(general)}')
     return ss2d_scan_general(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, **config)
 
 

@@ -265,6 +265,13 @@ def test_triton_refuses_non_contiguous_and_float64():
                      backend='triton')
 
 
+def test_d_state_1_options_with_a_larger_d_state_name_the_reason():
+    from vmamba_kernels.dispatch import ss2d_scan_triton
+    inputs = make_inputs(1, 4, 3, 3, 2, 2, seed=0)
+    with pytest.raises(TypeError, match=r"\['whole_map'\] apply to d_state 1 only.*d_state 2"):
+        ss2d_scan_triton(**inputs, whole_map=True)
+
+
 def test_selective_scan_mismatched_groups():
     u = torch.randn(1, 6, 5)
     with pytest.raises(ValueError, match=r'multiple of groups \(4\)'):
