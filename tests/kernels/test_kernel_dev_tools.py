@@ -75,3 +75,14 @@ def test_norm_from_output_error_grows_with_bias_over_weight():
     dx_error, dweight_error = rows[100]['output']
     assert dweight_error > 10 * rows[100]['input'][1], rows
     assert dx_error > 3 * rows[100]['input'][0], rows
+
+
+def test_benchmark_norm_compiled_checks_every_variant_on_the_cpu():
+    # the GPU experiment's variants, compiled (aot_eager), each within fp16 rounding of float64
+    from benchmark_norm_compiled import VARIANTS, main
+    rows = main(['--batch', '2', '--size', '5', '--channels', '12', '--backend', 'aot_eager'])
+    assert {(name, variant) for name, variant, _, _ in rows} == {
+        (name, variant) for name in ('residual stream (channels-last)',
+                                     'scan output (channel-first)') for variant in VARIANTS}
+    for name, variant, ms, error in rows:
+        assert ms is None and error < 1e-2, (name, variant, error)

@@ -13,31 +13,16 @@ dy and writing dx), and checks the fused path against the float64 torch referenc
         [--arch tiny|base] [--dtype bf16|fp16|fp32] [--skip-unfused]
 """
 import argparse
-import importlib.util
 import json
 import math
-import os
 import sys
 import time
 
 import torch
 
+from _kernels import import_kernels  # noqa: E402
 
-def _import_kernels():
-    try:
-        import vmamba_kernels
-        return vmamba_kernels
-    except ImportError:  # running from a checkout without `pip install -e .`
-        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'kernels')
-        spec = importlib.util.spec_from_file_location(
-            'vmamba_kernels', os.path.join(root, '__init__.py'), submodule_search_locations=[root])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules['vmamba_kernels'] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-vk = _import_kernels()
+vk = import_kernels()
 from vmamba_kernels import ss2d_scan_unfused_triton  # noqa: E402
 
 # (H = W, d_inner, dt_rank) of the four stages at 224x224 (VMamba-S has VMamba-T's shapes)

@@ -24,7 +24,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmark_scan  # noqa: E402,F401  (imports vmamba_kernels from the checkout)
+from _kernels import import_kernels  # noqa: E402
+
+import_kernels()  # vmamba_kernels, installed or from the checkout
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402

@@ -14,20 +14,13 @@ for the one that keeps its output, median over ``--seeds`` draws.
 Runs on a CUDA GPU, else on the CPU through the Triton interpreter (small shapes: seconds).
 """
 import argparse
-import os
 import statistics
-import sys
 
 import torch
 
-if not torch.cuda.is_available():  # the interpreter must be chosen before triton is imported
-    os.environ.setdefault('TRITON_INTERPRET', '1')
+from _kernels import import_kernels  # noqa: E402
 
-try:
-    from vmamba_kernels import layer_norm_2d
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
-    from kernels import layer_norm_2d
+layer_norm_2d = import_kernels(interpret_without_cuda=True).layer_norm_2d
 
 DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
