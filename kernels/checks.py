@@ -1,5 +1,7 @@
 """Input validation shared by the torch and Triton paths: every error names the argument, the
 value it got and what was expected, so a wrong call never turns into a silent wrong result."""
+import os
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -103,3 +105,13 @@ def check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D):
     if x.dtype == torch.float64:
         raise TypeError('the Triton path takes float32/bfloat16/float16 x, got float64; use '
                         "backend='torch' for float64")
+
+
+def env_int(name, default, what):
+    """The integer in environment variable ``name`` (``default`` when unset or empty); a clear
+    error naming the variable when it is not an integer (``what`` it counts)."""
+    value = os.environ.get(name, '')
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ValueError(f'${name} must be an integer number of {what}, got {value!r}') from None

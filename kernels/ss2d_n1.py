@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .checks import env_int
 from .compile_ops import opaque_under_compile
 from .ss2d_n1_map import launch_backward_map, launch_forward_map, map_fits, map_launch_config
 from .triton_math import _channel_params, _combine, _combine_grad, _softplus
@@ -105,14 +106,31 @@ def _chunk_step(x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, l
 
 
 @triton.jit
+def _segment_start(entry_ptr, b, seg, c, cm, CH, NSEG, K: tl.constexpr, SEGMENTED: tl.constexpr,
+                   SUMMARY: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's row in the (batch, 4, C, segments) summaries and what enters its segment:
+    the value the entry pass found (SEGMENTED main pass), else zero."""
+    seg_row = ((b * 4 + K) * CH + c) * NSEG + seg
+    if SEGMENTED and not SUMMARY:
+        start = tl.load(entry_ptr + seg_row, mask=cm, other=0.)
+    else:
+        start = tl.zeros((BLOCK_C, ), tl.float32)
+    return seg_row, start
+
+
+@triton.jit
 def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
-                   yt_ptr, hs_ptr, b, c, cm, lt, CH, H, W, L, R: tl.constexpr, NCH,
-                   K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr,
-                   SAVE_STATES: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
-                   PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
+                   yt_ptr, hs_ptr, hin_ptr, sum_ptr, b, seg, c, cm, lt, CH, H, W, L,
+                   R: tl.constexpr, NCH, NSEG, SEG_CH, SUM_STRIDE, K: tl.constexpr,
+                   REV: tl.constexpr, HAS_D: tl.constexpr, SAVE_STATES: tl.constexpr,
+                   MERGED: tl.constexpr, COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr,
+                   SEGMENTED: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_L: tl.constexpr):
-    """Direction K of the forward; REV: walk it as direction K - 2 backwards (chunks last to
-    first, each scanned in reverse)."""
+    """Direction K of the forward over segment ``seg`` (SEG_CH chunks; one segment of NCH
+    chunks unless SEGMENTED); REV: walk it as direction K - 2 backwards (chunks last to first,
+    each scanned in reverse). SEGMENTED: the segment starts from the state in ``hin_ptr``.
+    SUMMARY (the pre-pass of a segmented forward): nothing is written but the segment's total
+    decay and its end state from a zero start, the two halves of ``sum_ptr``."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
         dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D,
         PRE_GIVEN)
@@ -120,64 +138,75 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
     # merged: the column directions (K odd) read / write the transposed maps
     x_base = (xt_ptr if MERGED and COLS_T and K % 2 == 1 else x_ptr) + dir_offset
     y_base = (yt_ptr if MERGED and COLS_T and K % 2 == 1 else y_ptr) + dir_offset
-    h = tl.zeros((BLOCK_C, ), tl.float32)
-    for i in range(NCH):
-        ch = (NCH - 1 - i) if REV else i
+    seg_row, h = _segment_start(hin_ptr, b, seg, c, cm, CH, NSEG, K, SEGMENTED, SUMMARY,
+                                BLOCK_C)
+    log_decay = tl.zeros((BLOCK_C, ), tl.float32)
+    for i in range(SEG_CH):
+        ch = seg * SEG_CH + ((SEG_CH - 1 - i) if REV else i)  # past NCH: all steps masked
         tm, m2, s, u, pre, bv, cv, delta, decay = _chunk_step(
             x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch, K, H, W, L, R,
             MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
         inp = delta * u * bv[None, :]
-        if SAVE_STATES:
-            tl.store(hs_base + ch, h, mask=cm)
+        if SAVE_STATES and not SUMMARY:
+            tl.store(hs_base + ch, h, mask=cm & (ch < NCH))
         prod, states = tl.associative_scan((decay, inp), 1, _combine, reverse=REV)
         states = states + prod * h[:, None]
-        y = states * cv[None, :]
-        if HAS_D:
-            y += Dk[:, None] * u
         h = tl.sum(tl.where(lt[None, :] == (0 if REV else BLOCK_L - 1), states, 0.), 1)
-        y_ptrs = y_base + c[:, None] * L + s[None, :]
-        # add to what the earlier directions wrote into the same map
-        if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
-            y += tl.load(y_ptrs, mask=m2, other=0.)
-        tl.store(y_ptrs, y, mask=m2)
+        if SUMMARY:
+            log_decay += tl.sum(tl.where(m2, delta * A[:, None], 0.), 1)
+        else:
+            y = states * cv[None, :]
+            if HAS_D:
+                y += Dk[:, None] * u
+            y_ptrs = y_base + c[:, None] * L + s[None, :]
+            # add to what the earlier directions wrote into the same map
+            if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
+                y += tl.load(y_ptrs, mask=m2, other=0.)
+            tl.store(y_ptrs, y, mask=m2)
+    if SUMMARY:
+        tl.store(sum_ptr + seg_row, tl.exp(log_decay), mask=cm)
+        tl.store(sum_ptr + SUM_STRIDE + seg_row, h, mask=cm)
 
 
 @triton.jit
 def _ss2d_fwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
-                        y_ptr, yt_ptr, hs_ptr, CH, H, W, L, R: tl.constexpr, NCH,
-                        HAS_D: tl.constexpr, SAVE_STATES: tl.constexpr, MERGED: tl.constexpr,
-                        COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
-                        BLOCK_L: tl.constexpr):
+                        y_ptr, yt_ptr, hs_ptr, hin_ptr, sum_ptr, CH, H, W, L, R: tl.constexpr,
+                        NCH, NSEG, SEG_CH, SUM_STRIDE, HAS_D: tl.constexpr,
+                        SAVE_STATES: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
+                        PRE_GIVEN: tl.constexpr, SEGMENTED: tl.constexpr, SUMMARY: tl.constexpr,
+                        BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    seg = tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < CH
     lt = tl.arange(0, BLOCK_L)
     args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, yt_ptr,
-            hs_ptr, b, c, cm, lt, CH, H, W, L)
+            hs_ptr, hin_ptr, sum_ptr, b, seg, c, cm, lt, CH, H, W, L, R, NCH, NSEG, SEG_CH,
+            SUM_STRIDE)
+    flags = (HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN, SEGMENTED, SUMMARY, BLOCK_C, BLOCK_L)
     # each direction may add into what the previous ones wrote, from other threads: barriers
-    _fwd_direction(*args, R, NCH, 0, False, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
-                   BLOCK_C, BLOCK_L)
+    _fwd_direction(*args, 0, False, *flags)
     tl.debug_barrier()
-    _fwd_direction(*args, R, NCH, 1, False, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
-                   BLOCK_C, BLOCK_L)
+    _fwd_direction(*args, 1, False, *flags)
     tl.debug_barrier()
-    _fwd_direction(*args, R, NCH, 2, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
-                   BLOCK_C, BLOCK_L)
+    _fwd_direction(*args, 2, MERGED, *flags)
     tl.debug_barrier()
-    _fwd_direction(*args, R, NCH, 3, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
-                   BLOCK_C, BLOCK_L)
+    _fwd_direction(*args, 3, MERGED, *flags)
 
 
 @triton.jit
 def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr,
                    dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr,
-                   dD_ptr, b, pid_c, c, cm, lt, CH, H, W, L, R: tl.constexpr, NCH, NCB,
-                   K: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr, MERGED: tl.constexpr,
-                   COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
-                   BLOCK_L: tl.constexpr):
-    """Direction K of the backward (REV as in :func:`_fwd_direction`); chunks in the opposite
-    order to the forward."""
+                   dD_ptr, cin_ptr, sum_ptr, b, seg, pid_c, c, cm, lt, CH, H, W, L,
+                   R: tl.constexpr, NCH, NCB, NSEG, SEG_CH, SUM_STRIDE, K: tl.constexpr,
+                   REV: tl.constexpr, HAS_D: tl.constexpr, MERGED: tl.constexpr,
+                   COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, SEGMENTED: tl.constexpr,
+                   SUMMARY: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Direction K of the backward over segment ``seg`` (REV, segments as in
+    :func:`_fwd_direction`); chunks in the opposite order to the forward. SEGMENTED: the carry
+    entering the segment comes from ``cin_ptr``; SUMMARY: only the segment's total decay and the
+    carry it passes on from a zero carry are written (``sum_ptr``)."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
         dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D,
         PRE_GIVEN)
@@ -188,21 +217,19 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
     dx_base = (dxt_ptr if MERGED and COLS_T and K % 2 == 1 else dx_ptr) + dir_offset
     part = (b * 4 + K) * NCB + pid_c
     dpre_base = dpre_ptr + (b * 4 + K) * CH * L
-    carry = tl.zeros((BLOCK_C, ), tl.float32)  # decay * dL/dh of the step after the chunk
+    # carry: decay * dL/dh of the step after the chunk
+    seg_row, carry = _segment_start(cin_ptr, b, seg, c, cm, CH, NSEG, K, SEGMENTED, SUMMARY,
+                                    BLOCK_C)
+    log_decay = tl.zeros((BLOCK_C, ), tl.float32)
     dA_acc = tl.zeros((BLOCK_C, ), tl.float32)
     dD_acc = tl.zeros((BLOCK_C, ), tl.float32)
     dbias_acc = tl.zeros((BLOCK_C, ), tl.float32)
-    for i in range(NCH):
-        ch = i if REV else NCH - 1 - i
+    for i in range(SEG_CH):
+        ch = seg * SEG_CH + (i if REV else SEG_CH - 1 - i)  # past NCH: all steps masked
         tm, m2, s, u, pre, bv, cv, delta, decay = _chunk_step(
             x_base, dtl_base, w_ptr, bs_base, cs_base, kc, A, bias, c, cm, lt, ch, K, H, W, L, R,
             MERGED, COLS_T, PRE_GIVEN, BLOCK_C, BLOCK_L)
         dy = tl.load(dy_base + c[:, None] * L + s[None, :], mask=m2, other=0.).to(tl.float32)
-        du_in = delta * u
-        inp = du_in * bv[None, :]
-        h0 = tl.load(hs_base + ch, mask=cm, other=0.)
-        prod, states = tl.associative_scan((decay, inp), 1, _combine, reverse=REV)
-        states = states + prod * h0[:, None]
         # g_t = C_t dy_t + decay_{t+1} g_{t+1} (t+1: the next step in scan order), solved without
         # shifting the decay by one step (see _combine_grad); the carry is decay * g of the step
         # after the chunk
@@ -210,67 +237,102 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
         g, gain, _ = tl.associative_scan((cv[None, :] * dy, one, decay), 1, _combine_grad,
                                          reverse=False if REV else True)
         g = g + gain * carry[:, None]
-        carried = states - inp  # decay_t * h_{t-1}
-        gb = g * bv[None, :]
-        du = gb * delta
-        if HAS_D:
-            du += Dk[:, None] * dy
-            dD_acc += tl.sum(dy * u, 1)
-        ddelta = g * A[:, None] * carried + gb * u
-        dpre = tl.where(m2, ddelta / (1.0 + tl.exp(-pre)), 0.)
-        dA_acc += tl.sum(g * delta * carried, 1)
-        dbias_acc += tl.sum(dpre, 1)
-        # in the walked map's order, like dpre (the caller puts them back in row-major order)
-        tl.store(dB_ptr + part * L + s, tl.sum(g * du_in, 0), mask=tm)
-        tl.store(dC_ptr + part * L + s, tl.sum(states * dy, 0), mask=tm)
-        dx_ptrs = dx_base + c[:, None] * L + s[None, :]
-        if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
-            du += tl.load(dx_ptrs, mask=m2, other=0.)
-        tl.store(dx_ptrs, du, mask=m2)
-        # the dt projection's backward is two GEMMs on dpre, done by the caller; dpre is in the
-        # order of the map this direction walks (column-major for transposed column directions)
-        tl.store(dpre_base + c[:, None] * L + s[None, :], dpre.to(dpre_ptr.dtype.element_ty),
-                 mask=m2)
         # the entry end of this chunk (in scan order) is the next chunk's "step after"
         carry = tl.sum(tl.where(lt[None, :] == (BLOCK_L - 1 if REV else 0), decay * g, 0.), 1)
-    tl.store(dA_ptr + b * 4 * CH + kc, dA_acc, mask=cm)
-    tl.store(dbias_ptr + b * 4 * CH + kc, dbias_acc, mask=cm)
-    if HAS_D:
-        tl.store(dD_ptr + b * 4 * CH + kc, dD_acc, mask=cm)
+        if SUMMARY:
+            log_decay += tl.sum(tl.where(m2, delta * A[:, None], 0.), 1)
+        else:
+            du_in = delta * u
+            inp = du_in * bv[None, :]
+            h0 = tl.load(hs_base + ch, mask=cm & (ch < NCH), other=0.)
+            prod, states = tl.associative_scan((decay, inp), 1, _combine, reverse=REV)
+            states = states + prod * h0[:, None]
+            carried = states - inp  # decay_t * h_{t-1}
+            gb = g * bv[None, :]
+            du = gb * delta
+            if HAS_D:
+                du += Dk[:, None] * dy
+                dD_acc += tl.sum(dy * u, 1)
+            ddelta = g * A[:, None] * carried + gb * u
+            dpre = tl.where(m2, ddelta / (1.0 + tl.exp(-pre)), 0.)
+            dA_acc += tl.sum(g * delta * carried, 1)
+            dbias_acc += tl.sum(dpre, 1)
+            # in the walked map's order, like dpre (the caller puts them back in row-major order)
+            tl.store(dB_ptr + part * L + s, tl.sum(g * du_in, 0), mask=tm)
+            tl.store(dC_ptr + part * L + s, tl.sum(states * dy, 0), mask=tm)
+            dx_ptrs = dx_base + c[:, None] * L + s[None, :]
+            if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
+                du += tl.load(dx_ptrs, mask=m2, other=0.)
+            tl.store(dx_ptrs, du, mask=m2)
+            # the dt projection's backward is two GEMMs on dpre, done by the caller; dpre is in
+            # the order of the map this direction walks (column-major for transposed column
+            # directions)
+            tl.store(dpre_base + c[:, None] * L + s[None, :],
+                     dpre.to(dpre_ptr.dtype.element_ty), mask=m2)
+    if SUMMARY:
+        tl.store(sum_ptr + seg_row, tl.exp(log_decay), mask=cm)
+        tl.store(sum_ptr + SUM_STRIDE + seg_row, carry, mask=cm)
+    else:
+        # per (image, segment) partial sums, added up by the caller
+        partial = (b * NSEG + seg) * 4 * CH + kc
+        tl.store(dA_ptr + partial, dA_acc, mask=cm)
+        tl.store(dbias_ptr + partial, dbias_acc, mask=cm)
+        if HAS_D:
+            tl.store(dD_ptr + partial, dD_acc, mask=cm)
 
 
 @triton.jit
 def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
                         hs_ptr, dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr,
-                        dB_ptr, dC_ptr, dD_ptr, CH, H, W, L, R: tl.constexpr, NCH, NCB,
-                        HAS_D: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
-                        PRE_GIVEN: tl.constexpr, BLOCK_C: tl.constexpr,
+                        dB_ptr, dC_ptr, dD_ptr, cin_ptr, sum_ptr, CH, H, W, L, R: tl.constexpr,
+                        NCH, NCB, NSEG, SEG_CH, SUM_STRIDE, HAS_D: tl.constexpr,
+                        MERGED: tl.constexpr, COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr,
+                        SEGMENTED: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_C: tl.constexpr,
                         BLOCK_L: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    seg = tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < CH
     lt = tl.arange(0, BLOCK_L)
     args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr, dy_ptr,
-            dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, b,
-            pid_c, c, cm, lt, CH, H, W, L)
+            dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr,
+            cin_ptr, sum_ptr, b, seg, pid_c, c, cm, lt, CH, H, W, L, R, NCH, NCB, NSEG, SEG_CH,
+            SUM_STRIDE)
+    flags = (HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED, SUMMARY, BLOCK_C, BLOCK_L)
     # each direction may add into the dx that the previous ones wrote, from other threads
-    _bwd_direction(*args, R, NCH, NCB, 0, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C,
-                   BLOCK_L)
+    _bwd_direction(*args, 0, False, *flags)
     tl.debug_barrier()
-    _bwd_direction(*args, R, NCH, NCB, 1, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C,
-                   BLOCK_L)
+    _bwd_direction(*args, 1, False, *flags)
     tl.debug_barrier()
-    _bwd_direction(*args, R, NCH, NCB, 2, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C,
-                   BLOCK_L)
+    _bwd_direction(*args, 2, MERGED, *flags)
     tl.debug_barrier()
-    _bwd_direction(*args, R, NCH, NCB, 3, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, BLOCK_C,
-                   BLOCK_L)
+    _bwd_direction(*args, 3, MERGED, *flags)
+
+
+@triton.jit
+def _segment_entries_kernel(sum_ptr, out_ptr, ROWS, CH, NSEG, SUM_STRIDE, MERGED: tl.constexpr,
+                            BACKWARD: tl.constexpr, BLOCK: tl.constexpr):
+    """What enters each segment of a segmented launch: for each (image, direction, channel) row
+    of the summaries (total decay P, end value E from a zero start, per segment), walk the
+    segments in the order the pass walks them (the forward: its scan order; the backward: the
+    reverse) with v_next = P v + E from v = 0, writing the v that enters each."""
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rm = r < ROWS
+    rev = ((r // CH) % 4 >= 2) if MERGED else (r < 0)  # directions 2, 3 walk 0, 1 backwards
+    descending = (rev == 0) if BACKWARD else rev
+    v = tl.zeros((BLOCK, ), tl.float32)
+    for i in range(NSEG):
+        off = r * NSEG + tl.where(descending, NSEG - 1 - i, i)
+        tl.store(out_ptr + off, v, mask=rm)
+        v = tl.load(sum_ptr + off, mask=rm, other=0.) * v + tl.load(
+            sum_ptr + SUM_STRIDE + off, mask=rm, other=0.)
 
 
 def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_block_c=None,
-                     bwd_num_warps=None):
-    """(forward, backward) tiles: BLOCK_C channels x BLOCK_L steps (powers of two) and warps.
+                     bwd_num_warps=None, segments=None, bwd_segments=None):
+    """(forward, backward) tiles: BLOCK_C channels x BLOCK_L steps (powers of two), warps, and
+    the number of segments each direction's walk is split into (1: one program walks it all).
 
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
@@ -284,12 +346,33 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     for name, value in (('block_c', bc), ('block_l', bl), ('bwd_block_c', bbc)):
         if value < 1 or value & (value - 1):
             raise ValueError(f'{name} must be a power of two, got {value}')
-    return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw),
-            dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw))
+    for name, value in (('segments', segments), ('bwd_segments', bwd_segments)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f'{name} must be a positive integer, got {value!r}')
+    return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw, segments=segments or 1),
+            dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw, segments=bwd_segments or 1))
+
+
+def _segment_layout(length, block_l, segments):
+    """(chunks, chunks per segment, segments) of a walk of ``length`` steps split into at most
+    ``segments`` runs of whole chunks (none empty)."""
+    n_chunks = triton.cdiv(length, block_l)
+    per_segment = triton.cdiv(n_chunks, min(segments, n_chunks))
+    return n_chunks, per_segment, triton.cdiv(n_chunks, per_segment)
+
+
+def _segment_entries(sums, merged, backward):
+    """(batch, 4, C, segments) values entering each segment, from the pre-pass summaries."""
+    entries = torch.empty(sums.shape[1:], device=sums.device, dtype=torch.float32)
+    rows, block = entries[..., 0].numel(), 128
+    _segment_entries_kernel[(triton.cdiv(rows, block), )](
+        sums, entries, rows, entries.shape[2], entries.shape[3], entries.numel(), MERGED=merged,
+        BACKWARD=backward, BLOCK=block)
+    return entries
 
 
 def _forward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
-                     cols_t, save, pre_given, block_c, block_l, num_warps):
+                     cols_t, save, pre_given, block_c, block_l, num_warps, segments):
     """Empty float32 y, yt, states of the forward launch (also its fake implementation)."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
     shapes = (x.shape, xt.shape if cols_t else (0, ),
@@ -302,31 +385,44 @@ def _launch_forward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.T
                     dt_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
                     Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor], height: int,
                     width: int, merged: bool, cols_t: bool, save: bool, pre_given: bool,
-                    block_c: int, block_l: int, num_warps: int
+                    block_c: int, block_l: int, num_warps: int, segments: int
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward launch: returns y, yt (empty unless ``cols_t``) and the chunk start states
     (a placeholder unless ``save``), all float32. ``pre_given``: ``dt_low`` is the projected dt
-    (:func:`_projected_dt`) instead."""
+    (:func:`_projected_dt`) instead. ``segments`` > 1: each walk is split into that many runs
+    of chunks, one program each, after a pre-pass that finds the state entering each."""
     channels, rank, length = dt_weight.shape[1], dt_weight.shape[2], dt_low.shape[-1]
     y, yt, states = _forward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                      width, merged, cols_t, save, pre_given, block_c, block_l,
-                                     num_warps)
-    _ss2d_fwd_n1_kernel[(triton.cdiv(channels, block_c), x.shape[0])](
-        x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
-        D if D is not None else A, y, yt if cols_t else y, states, channels, height, width,
-        length, rank, triton.cdiv(length, block_l), HAS_D=D is not None, SAVE_STATES=save,
-        MERGED=merged, COLS_T=cols_t, PRE_GIVEN=pre_given, BLOCK_C=block_c, BLOCK_L=block_l,
-        num_warps=num_warps)
+                                     num_warps, segments)
+    n_chunks, per_segment, n_segments = _segment_layout(length, block_l, segments)
+    grid = (triton.cdiv(channels, block_c), x.shape[0], n_segments)
+
+    def launch(entries, sums, summary):
+        _ss2d_fwd_n1_kernel[grid](
+            x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
+            D if D is not None else A, y, yt if cols_t else y, states, entries, sums, channels,
+            height, width, length, rank, n_chunks, n_segments, per_segment,
+            sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, SAVE_STATES=save,
+            MERGED=merged, COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1,
+            SUMMARY=summary, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
+
+    if n_segments == 1:
+        launch(states, states, False)
+    else:
+        sums = x.new_empty((2, x.shape[0], 4, channels, n_segments), dtype=torch.float32)
+        launch(states, sums, True)
+        launch(_segment_entries(sums, merged, False), sums, False)
     return y, yt, states
 
 
 def _backward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height,
-                      width, merged, cols_t, pre_given, block_c, block_l, num_warps):
+                      width, merged, cols_t, pre_given, block_c, block_l, num_warps, segments):
     """Empty dx, dxt, dpre, dbias, dA, dB, dC, dD of the backward launch (also its fake
     implementation): float32, but dpre in the dt projection's dtype (:func:`_projection_dtype`).
     """
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
-    per_channel = (batch, 4 * channels)
+    per_channel = (batch * _segment_layout(length, block_l, segments)[2], 4 * channels)
     partials = (batch, 4, triton.cdiv(channels, block_c), length)
     shapes = (x.shape, xt.shape if cols_t else (0, ), (batch, 4, channels, length), per_channel,
               per_channel, partials, partials, per_channel)
@@ -340,24 +436,37 @@ def _launch_backward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.
                      Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor],
                      states: torch.Tensor, dy: torch.Tensor, dyt: Optional[torch.Tensor],
                      height: int, width: int, merged: bool, cols_t: bool, pre_given: bool,
-                     block_c: int, block_l: int, num_warps: int
+                     block_c: int, block_l: int, num_warps: int, segments: int
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward launch: returns float32 dx, dxt (empty unless ``cols_t``), d(delta
-    pre-activation) in walked order (in the projection's dtype), and float32 per-batch partials of
-    d dt_bias, dA, dB, dC (per channel block, walked order), dD."""
+    pre-activation) in walked order (in the projection's dtype), and float32 partials of d
+    dt_bias, dA, dD (per image and segment) and dB, dC (per channel block, walked order).
+    ``segments`` as in the forward launch (the carried gradient enters each segment)."""
     batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
-    length, n_chunks = dt_low.shape[-1], states.shape[3]
+    length = dt_low.shape[-1]
     dx, dxt, dpre, dbias, dA, dB, dC, dD = _backward_outputs(
         x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height, width, merged,
-        cols_t, pre_given, block_c, block_l, num_warps)
+        cols_t, pre_given, block_c, block_l, num_warps, segments)
     n_cblocks = dB.shape[2]
-    _ss2d_bwd_n1_kernel[(n_cblocks, batch)](
-        x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
-        D if D is not None else A, states, dy, dyt if cols_t else dy, dx,
-        dxt if cols_t else dx, dpre, dbias, dA, dB, dC, dD, channels, height, width, length,
-        rank, n_chunks, n_cblocks, HAS_D=D is not None, MERGED=merged, COLS_T=cols_t,
-        PRE_GIVEN=pre_given, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
+    n_chunks, per_segment, n_segments = _segment_layout(length, block_l, segments)
+
+    def launch(entries, sums, summary):
+        _ss2d_bwd_n1_kernel[(n_cblocks, batch, n_segments)](
+            x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
+            D if D is not None else A, states, dy, dyt if cols_t else dy, dx,
+            dxt if cols_t else dx, dpre, dbias, dA, dB, dC, dD, entries, sums, channels, height,
+            width, length, rank, n_chunks, n_cblocks, n_segments, per_segment,
+            sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, MERGED=merged,
+            COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1, SUMMARY=summary,
+            BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
+
+    if n_segments == 1:
+        launch(dA, dA, False)
+    else:
+        sums = x.new_empty((2, batch, 4, channels, n_segments), dtype=torch.float32)
+        launch(dA, sums, True)
+        launch(_segment_entries(sums, merged, True), sums, False)
     return dx, dxt, dpre, dbias, dA, dB, dC, dD
 
 
@@ -380,6 +489,12 @@ class SS2DScanN1Function(torch.autograd.Function):
         whole_map = whole_map if merged else None
         cols_t = merged and cols_t and whole_map is None
         project_first = merged and project_first
+        if whole_map is None and merged and not cols_t and max(cfg['segments'],
+                                                              bwd_cfg['segments']) > 1:
+            raise ValueError('segments > 1 needs the column directions on the transposed map '
+                             '(transpose_columns=True): with strided column walks segments of '
+                             f'different programs overlap; got segments {cfg["segments"]}, '
+                             f'bwd_segments {bwd_cfg["segments"]}')
         save = any(ctx.needs_input_grad)
         _, dt_src, bs, cs = _kernel_rows(dt_low, dt_weight, Bs, Cs, height, width, cols_t,
                                          project_first)
@@ -390,7 +505,8 @@ class SS2DScanN1Function(torch.autograd.Function):
         else:
             y, yt, states = _launch_forward(
                 x, xt, dt_src, dt_weight, dt_bias, A, bs, cs, D, height, width, merged, cols_t,
-                save, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
+                save, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
+                cfg['segments'])
         del dt_src, bs, cs
         if not cols_t:
             ctx.mark_non_differentiable(yt)
@@ -427,7 +543,8 @@ class SS2DScanN1Function(torch.autograd.Function):
                                                    cols_t, project_first)
         dx, dxt, dpre, dbias, dA, dB, dC, dD = _launch_backward(
             x, xt, dt_src, dt_weight, dt_bias, A, bs, cs, D, states, dy, dyt, height, width,
-            merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
+            merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
+            cfg['segments'])
         del dt_src, bs, cs
         ddtl, dw = _projection_grads(dt_weight, dt_in_order, dpre)
         dB, dC = dB.sum(2, keepdim=True), dC.sum(2, keepdim=True)
@@ -523,6 +640,22 @@ def _odd_directions_by_column(t, height, width):
 # from this many positions on, the column directions read a transposed copy of the map
 TRANSPOSE_FROM_LENGTH = 512
 
+# programs a launch should have before its walks are split into segments (0: never split)
+SEGMENT_PROGRAMS = 0
+SEGMENT_PROGRAMS_ENV = 'VMAMBA_SCAN_SEGMENT_PROGRAMS'
+
+
+def auto_segments(programs, n_chunks):
+    """Segments per walk for a launch of ``programs`` programs (images x channel blocks) over
+    ``n_chunks`` chunks: enough to reach ``$VMAMBA_SCAN_SEGMENT_PROGRAMS`` (else
+    ``SEGMENT_PROGRAMS``) programs, at most one per chunk; 1 when the launch has that many.
+    For large maps at small batches (detection, segmentation), where a few programs would each
+    walk thousands of chunks one after another."""
+    target = env_int(SEGMENT_PROGRAMS_ENV, SEGMENT_PROGRAMS, 'programs')
+    if programs >= target:
+        return 1
+    return max(1, min(triton.cdiv(target, programs), n_chunks))
+
 
 # from this dt rank on, the dt projection is a GEMM before the kernels instead of R rank-1
 # updates per chunk inside them
@@ -554,6 +687,12 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     maps per program (``map_block_c`` channels, ``map_num_warps`` warps; ``transpose_columns``
     does not apply); None: when the padded map has at most ``$VMAMBA_WHOLE_MAP_POSITIONS``
     positions (default 0: never, see ``ss2d_n1_map.MAX_MAP_POSITIONS``).
+
+    ``segments`` / ``bwd_segments`` (in ``tiles``; transposed column walks only) split each
+    direction's walk into that many runs of chunks, walked by different programs from the state
+    (forward) or carried gradient (backward) a pre-pass finds entering each: for launches with
+    too few programs to fill the GPU (large maps, small batches). None: :func:`auto_segments`
+    (off unless ``$VMAMBA_SCAN_SEGMENT_PROGRAMS`` is set).
     """
     height, width = x.shape[2], x.shape[3]
     length = height * width
@@ -572,6 +711,11 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     if not transpose_columns:
         return SS2DScanN1Function.apply(x, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                         width, True, False, cfg, bwd_cfg, project_first)[0]
+    for name, launch in (('segments', cfg), ('bwd_segments', bwd_cfg)):
+        if tiles.get(name) is None:  # split long walks only where asked to (auto_segments)
+            launch['segments'] = auto_segments(
+                x.shape[0] * triton.cdiv(x.shape[1], launch['BLOCK_C']),
+                triton.cdiv(length, launch['BLOCK_L']))
     xt = x.transpose(2, 3).contiguous()
     y, yt = SS2DScanN1Function.apply(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                      width, True, True, cfg, bwd_cfg, project_first)

@@ -18,13 +18,13 @@ The interface is that of the chunked kernels with the column directions walking 
 map (``cols_t`` False): the same inputs, the same outputs (d(pre-activation), dB and dC in
 row-major order), so ``SS2DScanN1Function`` picks either launch.
 """
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .checks import env_int
 from .compile_ops import opaque_under_compile
 from .triton_math import _channel_params, _combine, _combine_grad, _softplus
 
@@ -218,12 +218,7 @@ def map_fits(height, width):
     """Whether a (height, width) map runs the whole-map kernels by default: padded, at most
     ``$VMAMBA_WHOLE_MAP_POSITIONS`` (else ``MAX_MAP_POSITIONS``) positions, and never more than
     one tile holds (``MAX_TILE``)."""
-    limit = os.environ.get(MAX_MAP_POSITIONS_ENV, '')
-    try:
-        limit = int(limit) if limit else MAX_MAP_POSITIONS
-    except ValueError:
-        raise ValueError(f'${MAX_MAP_POSITIONS_ENV} must be an integer number of positions, got '
-                         f'{limit!r}') from None
+    limit = env_int(MAX_MAP_POSITIONS_ENV, MAX_MAP_POSITIONS, 'positions')
     hp, wp = padded_map(height, width)
     return hp * wp <= min(limit, MAX_TILE)
 

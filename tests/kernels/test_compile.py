@@ -32,6 +32,17 @@ CASES += [((2, 5, 3, 7, 3, 1), 'inductor'), ((1, 3, 23, 24, 2, 1), 'inductor')]
 
 @pytest.mark.parametrize('shape,backend', CASES)
 def test_compiled_scan_matches_eager_and_reference(shape, backend):
+    check_compiled_scan(shape, backend)
+
+
+def test_compiled_segmented_scan_matches_eager_and_reference(monkeypatch):
+    # long walks split into segments (VMAMBA_SCAN_SEGMENT_PROGRAMS): the pre-pass, the entry
+    # kernel and the main pass inside the opaque operators
+    monkeypatch.setenv('VMAMBA_SCAN_SEGMENT_PROGRAMS', '8')
+    check_compiled_scan((1, 3, 23, 24, 2, 1), 'aot_eager')
+
+
+def check_compiled_scan(shape, backend):
     torch._dynamo.reset()
     inputs = make_inputs(*shape)
     grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)

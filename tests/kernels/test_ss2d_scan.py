@@ -48,7 +48,7 @@ def check_against_reference(fn, inputs, tol):
     y, g = forward_and_grads(fn, inputs, grad_out)
     assert y.shape == inputs['x'].shape and y.dtype in (torch.float32, torch.float64)
     assert rel_err(y, y_ref) <= tol, ('y', rel_err(y, y_ref))
-    for name in PARAMS:
+    for name in (p for p in PARAMS if p in inputs):  # D may be left out
         assert g[name].dtype == inputs[name].dtype
         assert rel_err(g[name], g_ref[name]) <= tol, (name, rel_err(g[name], g_ref[name]))
 
@@ -86,6 +86,34 @@ def test_triton_d_state_1_both_column_walks_match_reference(shape, transpose_col
         **kw, block_c=2, block_l=16, bwd_block_c=4, transpose_columns=transpose_columns,
         project_first=project_first)
     check_against_reference(fn, make_inputs(*shape), 1e-5)
+
+
+@pytest.mark.parametrize('shape,segments,bwd_segments,project_first,use_d', [
+    ((2, 5, 6, 7, 3, 1), 3, 2, False, True),  # 3 chunks: one per segment
+    ((1, 4, 9, 11, 2, 1), 2, 3, True, True),  # 7 chunks: segments of 4 + 3 and 3 + 3 + 1
+    ((1, 3, 5, 13, 2, 1), 4, 1, False, False),  # no D; the backward unsegmented
+    ((2, 2, 1, 40, 2, 1), 9, 9, False, True),  # more segments asked than chunks
+])
+def test_triton_d_state_1_segmented_walks_match_reference(shape, segments, bwd_segments,
+                                                          project_first, use_d):
+    # each direction's walk split into runs of chunks walked by different programs, the state
+    # (forward) and the carried gradient (backward) entering each run found by a pre-pass over
+    # the runs' summaries: the same result as one program walking it all
+    inputs = make_inputs(*shape)
+    if not use_d:
+        inputs.pop('D')
+    fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
+        **kw, block_c=2, block_l=16, bwd_block_c=4, transpose_columns=True,
+        project_first=project_first, segments=segments, bwd_segments=bwd_segments)
+    check_against_reference(fn, inputs, 1e-5)
+
+
+def test_triton_d_state_1_segments_need_transposed_columns():
+    inputs = make_inputs(1, 3, 4, 5, 2, 1, seed=0)
+    with pytest.raises(ValueError, match='segments > 1 needs .*transpose_columns=True'):
+        ss2d_scan_triton(**inputs, block_l=16, transpose_columns=False, segments=2)
+    with pytest.raises(ValueError, match="bwd_segments must be a positive integer, got 0"):
+        ss2d_scan_triton(**inputs, transpose_columns=True, bwd_segments=0)
 
 
 @pytest.mark.parametrize('rank', [15, 16])
@@ -280,3 +308,26 @@ def test_selective_scan_mismatched_groups():
     with pytest.raises(ValueError, match='same number of groups'):
         vk.selective_scan_torch(u, u, torch.randn(6, 2), torch.randn(1, 3, 2, 5),
                                 torch.randn(1, 2, 2, 5))
+
+
+def test_auto_segments_reach_the_programs_asked_for(monkeypatch):
+    from vmamba_kernels import ss2d_n1
+    monkeypatch.delenv(ss2d_n1.SEGMENT_PROGRAMS_ENV, raising=False)
+    assert ss2d_n1.auto_segments(24, 1000) == 1  # off by default
+    monkeypatch.setenv(ss2d_n1.SEGMENT_PROGRAMS_ENV, '1000')
+    assert ss2d_n1.auto_segments(24, 1000) == 42  # 24 programs x 42 segments >= 1000
+    assert ss2d_n1.auto_segments(24, 10) == 10  # at most one per chunk
+    assert ss2d_n1.auto_segments(1536, 49) == 1  # enough programs already
+    monkeypatch.setenv(ss2d_n1.SEGMENT_PROGRAMS_ENV, 'many')
+    with pytest.raises(ValueError, match="VMAMBA_SCAN_SEGMENT_PROGRAMS must be an integer.*'many'"):
+        ss2d_n1.auto_segments(24, 1000)
+    # routed through ss2d_scan: a long walk at batch 1 split, the result unchanged
+    monkeypatch.setenv(ss2d_n1.SEGMENT_PROGRAMS_ENV, '8')
+    inputs = make_inputs(1, 2, 4, 9, 2, 1, seed=0)
+    launches = []
+    real = ss2d_n1._segment_layout
+    monkeypatch.setattr(ss2d_n1, '_segment_layout',
+                        lambda *a: launches.append(real(*a)) or launches[-1])
+    check_against_reference(lambda **kw: ss2d_scan_triton(**kw, block_l=16,
+                                                          transpose_columns=True), inputs, 1e-5)
+    assert {n_segments for _, _, n_segments in launches} == {3}  # 36 steps: 3 chunks of 16

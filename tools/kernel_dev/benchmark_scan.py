@@ -34,8 +34,10 @@ DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 
 
 def make_inputs(batch, size, channels, rank, d_state, dtype, device, seed):
+    """Inputs of the SS2D core on a size x size map, or (H, W) given as ``size``."""
     g = torch.Generator(device='cpu').manual_seed(seed)
-    length = size * size
+    height, width = size if isinstance(size, tuple) else (size, size)
+    length = height * width
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(device)
@@ -43,7 +45,7 @@ def make_inputs(batch, size, channels, rank, d_state, dtype, device, seed):
     dt = torch.exp(torch.rand(4, channels, generator=g) * (math.log(0.1) - math.log(1e-3)) +
                    math.log(1e-3))
     return dict(
-        x=rnd(batch, channels, size, size).to(dtype),
+        x=rnd(batch, channels, height, width).to(dtype),
         dt_low=rnd(batch, 4, rank, length, scale=0.5).to(dtype),
         dt_weight=rnd(4, channels, rank, scale=rank**-0.5),
         dt_bias=(dt + torch.log(-torch.expm1(-dt))).to(device),
@@ -68,6 +70,8 @@ def sweep(args, dev):
     import itertools
     for stage in args.stages:
         size, channels, rank = STAGES[args.arch][stage]
+        if args.map:  # the stage's channels and rank on another map (e.g. detection's)
+            size = tuple(args.map)
         inp = make_inputs(args.batch, size, channels, rank, args.d_state, DTYPES[args.dtype], dev,
                           seed=stage)
         results = []
@@ -194,12 +198,18 @@ def main():
     parser.add_argument('--sweep-c', type=int, nargs='+', default=[16, 32])
     parser.add_argument('--sweep-l', type=int, nargs='+', default=[32, 64])
     parser.add_argument('--sweep-w', type=int, nargs='+', default=[4, 8])
+    parser.add_argument('--map', type=int, nargs=2, metavar=('H', 'W'),
+                        help='with --sweep: this map instead of the stage\'s (the stage\'s '
+                        'channels and rank), e.g. --batch 2 --map 200 334 (Mask R-CNN at '
+                        '800 x 1333, stage 1)')
     parser.add_argument('--configs', nargs='+',
                         help='sweep these tiles instead of the product, each '
                         'CxLxWARPS[xBWD_CxBWD_WARPS[xTRANSPOSE_COLUMNS 0/1]], e.g. 4x128x4 '
                         '4x128x4x16x8x1, or keyword=value pairs, e.g. whole_map=0 '
-                        'whole_map=1,map_block_c=4,map_num_warps=2')
+                        'whole_map=1,map_block_c=4,map_num_warps=2 segments=16,bwd_segments=8')
     args = parser.parse_args()
+    if args.map and not args.sweep:
+        parser.error('--map applies to --sweep only')
     if not torch.cuda.is_available():
         sys.exit('benchmark_scan.py needs a CUDA GPU')
     dev = torch.device('cuda')
