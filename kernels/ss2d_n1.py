@@ -181,18 +181,22 @@ def _ss2d_fwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < CH
     lt = tl.arange(0, BLOCK_L)
+    # (compile-time constants are passed one by one: inside a tuple they would not stay so)
     args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, yt_ptr,
-            hs_ptr, hin_ptr, sum_ptr, b, seg, c, cm, lt, CH, H, W, L, R, NCH, NSEG, SEG_CH,
-            SUM_STRIDE)
-    flags = (HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN, SEGMENTED, SUMMARY, BLOCK_C, BLOCK_L)
+            hs_ptr, hin_ptr, sum_ptr, b, seg, c, cm, lt, CH, H, W, L)
+    sizes = (NCH, NSEG, SEG_CH, SUM_STRIDE)
     # each direction may add into what the previous ones wrote, from other threads: barriers
-    _fwd_direction(*args, 0, False, *flags)
+    _fwd_direction(*args, R, *sizes, 0, False, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
+                   SEGMENTED, SUMMARY, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _fwd_direction(*args, 1, False, *flags)
+    _fwd_direction(*args, R, *sizes, 1, False, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
+                   SEGMENTED, SUMMARY, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _fwd_direction(*args, 2, MERGED, *flags)
+    _fwd_direction(*args, R, *sizes, 2, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
+                   SEGMENTED, SUMMARY, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _fwd_direction(*args, 3, MERGED, *flags)
+    _fwd_direction(*args, R, *sizes, 3, MERGED, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
+                   SEGMENTED, SUMMARY, BLOCK_C, BLOCK_L)
 
 
 @triton.jit
@@ -295,19 +299,23 @@ def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < CH
     lt = tl.arange(0, BLOCK_L)
+    # (compile-time constants are passed one by one: inside a tuple they would not stay so)
     args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr, dy_ptr,
             dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr,
-            cin_ptr, sum_ptr, b, seg, pid_c, c, cm, lt, CH, H, W, L, R, NCH, NCB, NSEG, SEG_CH,
-            SUM_STRIDE)
-    flags = (HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED, SUMMARY, BLOCK_C, BLOCK_L)
+            cin_ptr, sum_ptr, b, seg, pid_c, c, cm, lt, CH, H, W, L)
+    sizes = (NCH, NCB, NSEG, SEG_CH, SUM_STRIDE)
     # each direction may add into the dx that the previous ones wrote, from other threads
-    _bwd_direction(*args, 0, False, *flags)
+    _bwd_direction(*args, R, *sizes, 0, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED,
+                   SUMMARY, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, 1, False, *flags)
+    _bwd_direction(*args, R, *sizes, 1, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED,
+                   SUMMARY, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, 2, MERGED, *flags)
+    _bwd_direction(*args, R, *sizes, 2, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED,
+                   SUMMARY, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
-    _bwd_direction(*args, 3, MERGED, *flags)
+    _bwd_direction(*args, R, *sizes, 3, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED,
+                   SUMMARY, BLOCK_C, BLOCK_L)
 
 
 @triton.jit

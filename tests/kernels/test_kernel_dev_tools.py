@@ -28,7 +28,15 @@ def test_kernel_sass_counts_the_chunk_loop_of_both_kernels():
     forward = per_element()
     assert 20 < forward < 1000
     # the backward does more per element than the forward (it recomputes it)
-    assert per_element('--kernel', 'bwd', '--block-c', '2', '--warps', '1') > forward
+    backward = per_element('--kernel', 'bwd', '--block-c', '2', '--warps', '1')
+    assert backward > forward
+    # the passes of a segmented launch compile for the GPU too (the interpreter accepts code
+    # that the compiler does not); a backward pre-pass only solves the carried gradient
+    for kernel, tiles in (('fwd', ()), ('bwd', ('--block-c', '2', '--warps', '1'))):
+        counts = {p: per_element('--kernel', kernel, *tiles, '--segment-pass', p)
+                  for p in ('summary', 'main')}
+        assert 20 < counts['summary'] and 20 < counts['main'] < 1.1 * max(forward, backward)
+    assert counts['summary'] < 0.8 * backward
     with pytest.raises(SystemExit, match='unset TRITON_INTERPRET'):
         import kernel_sass
         kernel_sass.main([])

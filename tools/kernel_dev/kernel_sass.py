@@ -36,10 +36,10 @@ import vmamba_kernels.ss2d_n1 as n1  # noqa: E402
 import vmamba_kernels.ss2d_n1_map as m1  # noqa: E402
 
 FWD_POINTERS = ('x_ptr', 'xt_ptr', 'dtl_ptr', 'w_ptr', 'bias_ptr', 'A_ptr', 'B_ptr', 'C_ptr',
-                'D_ptr', 'y_ptr', 'yt_ptr', 'hs_ptr')
+                'D_ptr', 'y_ptr', 'yt_ptr', 'hs_ptr', 'hin_ptr', 'sum_ptr')
 BWD_POINTERS = ('x_ptr', 'xt_ptr', 'dtl_ptr', 'w_ptr', 'bias_ptr', 'A_ptr', 'B_ptr', 'C_ptr',
                 'D_ptr', 'hs_ptr', 'dy_ptr', 'dyt_ptr', 'dx_ptr', 'dxt_ptr', 'dpre_ptr',
-                'dbias_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dD_ptr')
+                'dbias_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dD_ptr', 'cin_ptr', 'sum_ptr')
 BF16_POINTERS = ('x_ptr', 'xt_ptr', 'B_ptr', 'C_ptr')  # as under autocast
 
 
@@ -102,6 +102,10 @@ def compile_kernel(args):
     scalars = ['CH', 'H', 'W', 'L', 'NCH'] + (['NCB'] if args.kernel == 'bwd' else [])
     constants = dict(HAS_D=True, MERGED=True, COLS_T=not args.strided_columns,
                      PRE_GIVEN=args.pre_given, BLOCK_C=args.block_c, BLOCK_L=args.block_l)
+    if 'SEGMENTED' in fn.arg_names:  # segmented walks (the default build: one segment)
+        scalars += ['NSEG', 'SEG_CH', 'SUM_STRIDE']
+        constants.update(SEGMENTED=args.segment_pass != 'none',
+                         SUMMARY=args.segment_pass == 'summary')
     if args.kernel == 'fwd':
         constants['SAVE_STATES'] = False
     if 'R_UNROLL' in fn.arg_names:  # the kernels before the rank became a constant
@@ -167,6 +171,9 @@ def main(argv=None):
     parser.add_argument('--length', type=int, default=3136,
                         help='map positions H x W of the launch (3136: 56 x 56): whether L is '
                         'divisible by 16, which decides the alignment Triton can assume')
+    parser.add_argument('--segment-pass', choices=['none', 'summary', 'main'], default='none',
+                        help='fwd / bwd: the unsegmented build, or a segmented launch\'s '
+                        'pre-pass or main pass')
     parser.add_argument('--lines', type=int, default=15, help='source lines to list')
     args = parser.parse_args(argv)
     if os.environ.get('TRITON_INTERPRET') == '1':
