@@ -117,7 +117,6 @@ def ss2d_scan_cpu(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor
     d_state = A.shape[1]
     if d_state > MAX_STATE:
         raise ValueError(f'the compiled CPU scan takes d_state <= {MAX_STATE}, got {d_state}')
-    length = height * width
     f32 = torch.float32
     u = x.to(f32).permute(0, 2, 3, 1).contiguous()  # (b, H, W, C): channels-last rows
     # delta's pre-activation, (b, 4, L, C): one batched GEMM writes it channels-last
