@@ -222,3 +222,33 @@ def test_compare_peers_applies_cfg_options_to_vmamba_and_names_them():
     assert mlps and all(m.recompute_act for m in mlps)
     plain, = compare_peers.models_to_compare(compare_peers.parse_args([DIGITS, '--peers']))
     assert not any(m.recompute_act for m in plain[1]().modules() if hasattr(m, 'recompute_act'))
+
+
+def test_norm_ratios_flags_the_norms_memory_efficient_norm_would_harm(tmp_path, capsys):
+    # a whole classifier's checkpoint (mmengine layout, backbone. prefix) and the authors' layout
+    # (model key, no prefix): the VSS blocks' norm / norm2 / out_norm are read, nothing else;
+    # a channel with bias 50 x its weight is named and fails the default limit
+    import norm_ratios
+    from mmvmamba.models import VMamba
+    backbone = VMamba(dict(dims=8, depths=(1, 1, 2, 1)), out_indices=(3, ))
+    state = {k: v.clone() for k, v in backbone.state_dict().items()}
+    state['layers.2.blocks.1.op.out_norm.bias'][3] = 50 * state[
+        'layers.2.blocks.1.op.out_norm.weight'][3].abs()
+    ratios = norm_ratios.norm_ratios({'backbone.' + k: v for k, v in state.items()})
+    assert len(ratios) == 3 * 5 and 'layers.2.blocks.1.op.out_norm' in ratios
+    assert not any('downsample' in n or 'outnorm' in n or 'patch_embed' in n for n in ratios)
+    assert torch.isclose(ratios['layers.2.blocks.1.op.out_norm'].max(),
+                         torch.tensor(50., dtype=torch.float64))
+    path = tmp_path / 'authors.pth'
+    torch.save({'model': state}, path)
+    assert norm_ratios.main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert 'layers.2.blocks.1.op.out_norm | 50 | 1 |' in out and 'leave it off' in out
+    # freshly initialised norms (weight 1, bias 0) are safe
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in
+                               backbone.state_dict().items()}}, path)
+    assert norm_ratios.main([str(path)]) == 0
+    assert 'safe for this checkpoint' in capsys.readouterr().out
+    torch.save({'state_dict': {'head.fc.weight': torch.ones(2, 2)}}, path)
+    with pytest.raises(SystemExit, match='no norm of a VSS block'):
+        norm_ratios.main([str(path)])
