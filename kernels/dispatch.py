@@ -13,6 +13,11 @@ __all__ = ['BACKENDS', 'BACKEND_ENV', 'resolve_backend', 'ss2d_scan', 'ss2d_scan
 
 BACKENDS = ('auto', 'triton', 'torch')
 BACKEND_ENV = 'VMAMBA_SCAN_BACKEND'
+# which LayerNorm2d runs inside torch.compile on the Triton backend: inductor's (default), the
+# Triton kernels as opaque operators for every norm, or only for channel-first inputs (the SS2D
+# output norm's, which the scan writes channel-first)
+COMPILED_NORMS = ('inductor', 'triton', 'channel-first')
+COMPILED_NORM_ENV = 'VMAMBA_COMPILED_NORM'
 
 
 def resolve_backend(backend: Optional[str], tensor: torch.Tensor) -> str:
@@ -135,6 +140,15 @@ def ss2d_scan_unfused_triton(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, heigh
                                      config)
 
 
+def _triton_norm_compiled(x):
+    """Whether, inside torch.compile, ``x``'s norm runs the Triton kernels (opaque operators)
+    rather than inductor's: ``$VMAMBA_COMPILED_NORM`` (see ``COMPILED_NORMS``)."""
+    mode = os.environ.get(COMPILED_NORM_ENV, '') or 'inductor'
+    if mode not in COMPILED_NORMS:
+        raise ValueError(f'${COMPILED_NORM_ENV} must be one of {COMPILED_NORMS}, got {mode!r}')
+    return mode == 'triton' or (mode == 'channel-first' and x.is_contiguous())
+
+
 def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
                   backend: Optional[str] = None, out_dtype: Optional[torch.dtype] = None,
                   channels_last_out: bool = False, save_output: bool = False) -> torch.Tensor:
@@ -143,12 +157,13 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     output channels-last) and ``save_output`` (the backward works from the output, not the
     input: see :func:`layer_norm_2d_triton`) apply to the Triton path; the torch path follows
     ``F.layer_norm``.
-    Inside ``torch.compile`` the torch path runs on every device (inductor fuses it), with
+    Inside ``torch.compile`` (unless ``$VMAMBA_COMPILED_NORM`` keeps the Triton kernels there)
+    the torch path runs on every device (inductor fuses it), with
     ``out_dtype`` applied, and ``save_output`` through a torch autograd Function whose backward
     works from the output (``layernorm_from_output.py``)."""
     from .layernorm2d import layer_norm_2d_torch, layer_norm_2d_triton
     compiling = torch.compiler.is_compiling()
-    if resolve_backend(backend, x) == 'triton' and not compiling:
+    if resolve_backend(backend, x) == 'triton' and (not compiling or _triton_norm_compiled(x)):
         return layer_norm_2d_triton(x, weight, bias, eps, out_dtype, channels_last_out,
                                     save_output)
     if compiling and save_output:

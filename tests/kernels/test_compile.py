@@ -138,6 +138,38 @@ def test_layer_norm_is_left_to_inductor_under_compile():
         assert rel_err(y, reference) <= 8e-3  # bf16 rounding of the output
 
 
+@pytest.mark.parametrize('mode,opaque', [('inductor', (False, False)), ('triton', (True, True)),
+                                          ('channel-first', (True, False))])
+def test_compiled_norm_variable_picks_which_norms_stay_triton(mode, opaque, monkeypatch):
+    # $VMAMBA_COMPILED_NORM: the Triton kernels as opaque operators inside torch.compile, for
+    # every norm or only channel-first inputs; same values either way
+    from vmamba_kernels import layer_norm_2d
+    monkeypatch.setenv('VMAMBA_COMPILED_NORM', mode)
+    weight, bias = torch.randn(7) * 0.5 + 1, torch.randn(7) * 0.1
+    for x, expect_opaque in zip((torch.randn(2, 7, 5, 6),
+                                 torch.randn(2, 7, 5, 6).contiguous(
+                                     memory_format=torch.channels_last)), opaque):
+        torch._dynamo.reset()
+        graphs = []
+
+        def capture(gm, inputs):
+            graphs.append(gm)
+            return gm.forward
+
+        def norm(x):
+            return layer_norm_2d(x, weight, bias, 1e-5, backend='triton')
+
+        compiled = torch.compile(norm, backend=capture, fullgraph=True)(x)
+        targets = [str(n.target) for g in graphs for n in g.graph.nodes
+                   if n.op == 'call_function']
+        assert any('vmamba_kernels' in t for t in targets) == expect_opaque, targets
+        assert torch.allclose(compiled, norm(x), atol=1e-5)
+    monkeypatch.setenv('VMAMBA_COMPILED_NORM', 'fast')
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="VMAMBA_COMPILED_NORM must be one of"):
+        torch.compile(norm, backend='eager', fullgraph=True)(x)
+
+
 def saved_for_backward_backend(saved):
     """A torch.compile backend (AOTAutograd, inductor's min-cut partition, graphs run as they
     are) that appends to ``saved`` the (shape, dtype) of every tensor the backward graph takes
