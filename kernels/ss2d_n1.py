@@ -379,6 +379,19 @@ def _segment_entries(sums, merged, backward):
     return entries
 
 
+def _run_passes(launch, placeholder, summary_shape, merged, backward):
+    """A launch's passes: ``launch(entries, sums, summary)`` once when its walks are not split
+    (``summary_shape``, (batch, 4, C, segments), ends in 1; ``placeholder`` stands for the
+    unused buffers), else the pre-pass writing the segment summaries, the entry kernel, and the
+    main pass starting every segment from its entry."""
+    if summary_shape[-1] == 1:
+        launch(placeholder, placeholder, False)
+        return
+    sums = placeholder.new_empty((2, *summary_shape), dtype=torch.float32)
+    launch(placeholder, sums, True)
+    launch(_segment_entries(sums, merged, backward), sums, False)
+
+
 def _forward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
                      cols_t, save, pre_given, block_c, block_l, num_warps, segments):
     """Empty float32 y, yt, states of the forward launch (also its fake implementation)."""
@@ -415,12 +428,7 @@ def _launch_forward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.T
             MERGED=merged, COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1,
             SUMMARY=summary, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
 
-    if n_segments == 1:
-        launch(states, states, False)
-    else:
-        sums = x.new_empty((2, x.shape[0], 4, channels, n_segments), dtype=torch.float32)
-        launch(states, sums, True)
-        launch(_segment_entries(sums, merged, False), sums, False)
+    _run_passes(launch, states, (x.shape[0], 4, channels, n_segments), merged, False)
     return y, yt, states
 
 
@@ -469,12 +477,7 @@ def _launch_backward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.
             COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1, SUMMARY=summary,
             BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
 
-    if n_segments == 1:
-        launch(dA, dA, False)
-    else:
-        sums = x.new_empty((2, batch, 4, channels, n_segments), dtype=torch.float32)
-        launch(dA, sums, True)
-        launch(_segment_entries(sums, merged, True), sums, False)
+    _run_passes(launch, dA, (batch, 4, channels, n_segments), merged, True)
     return dx, dxt, dpre, dbias, dA, dB, dC, dD
 
 
