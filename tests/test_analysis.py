@@ -252,3 +252,12 @@ def test_norm_ratios_flags_the_norms_memory_efficient_norm_would_harm(tmp_path, 
     torch.save({'state_dict': {'head.fc.weight': torch.ones(2, 2)}}, path)
     with pytest.raises(SystemExit, match='no norm of a VSS block'):
         norm_ratios.main([str(path)])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the error without a CUDA GPU')
+@pytest.mark.parametrize('steps, expected', [('2', 'needs a CUDA GPU'), ('-1', 'got -1')])
+def test_downstream_profile_names_what_it_needs(steps, expected, capsys):
+    import downstream_steps
+    with pytest.raises(SystemExit):
+        downstream_steps.main(['--tasks', 'det', '--profile', steps])
+    assert expected in capsys.readouterr().err

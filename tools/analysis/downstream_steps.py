@@ -5,11 +5,15 @@ COCO / ADE20K pipelines produce.
 
     python tools/analysis/downstream_steps.py                       # both tasks, T vs Swin-T
     python tools/analysis/downstream_steps.py --tasks det --amp none --repeats 10
+    python tools/analysis/downstream_steps.py --tasks det --profile 3    # where the step goes
 
 Defaults: Mask R-CNN 1x at batch 2 of 800 x 1333 (our VMamba-T config and mmdet's own Swin-T
 config), UperNet 160k at batch 4 of 512 x 512 (ours and mmseg's Swin-T); fp16 autocast with a
 dynamic loss scale. Backbones start from random weights (no checkpoint is read). Any configs can
 be compared with ``--det-configs`` / ``--seg-configs`` (``mmdet::`` / ``mmseg::`` paths work).
+``--profile STEPS`` adds, per config, the kernels' share of the training step's wall time (the
+rest is the GPU waiting on the host: Python, data structures, synchronisations), kernel launches
+per step, and device time by family and by kernel.
 """
 import argparse
 import os
@@ -131,8 +135,27 @@ def _timed(step, warmup, repeats):
     return statistics.median(times), out
 
 
-def measure(path, data, amp='fp16', warmup=2, repeats=6):
-    """One config: dict(train_s, losses (of the last step), infer_img_s, peak_gib)."""
+def profile_train(model, wrapper, data, steps):
+    """``steps`` training steps under torch.profiler (CUDA): dict(wall_ms and kernel_ms per
+    step, kernel launches per step, totals: {kernel: (device us, launches)} over the steps). A
+    step whose kernels fill much less than its wall time waits on the host."""
+    from _profiling import kernel_totals
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            model.train_step(data, wrapper)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    totals = kernel_totals(prof)
+    return dict(wall_ms=wall * 1e3 / steps, totals=totals, steps=steps,
+                kernel_ms=sum(us for us, _ in totals.values()) / 1e3 / steps,
+                launches=sum(n for _, n in totals.values()) / steps)
+
+
+def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0):
+    """One config: dict(train_s, losses (of the last step), infer_img_s, peak_gib), and with
+    ``profile_steps`` (CUDA) a profile of that many training steps (``profile_train``)."""
     model, wrapper = build(path, amp)
     batch = len(data['inputs'])
     if torch.cuda.is_available():
@@ -140,6 +163,7 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6):
     model.train()
     train_s, losses = _timed(lambda: model.train_step(data, wrapper), warmup, repeats)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    profile = profile_train(model, wrapper, data, profile_steps) if profile_steps else None
     model.eval()
     dtype = getattr(torch, AMP[amp]) if amp != 'none' else None
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -151,11 +175,13 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6):
     infer_s, _ = _timed(infer, warmup, repeats)
     losses = {k: float(v) for k, v in losses.items()}
     return dict(config=path, train_s=train_s, infer_img_s=batch / infer_s, peak_gib=peak,
-                losses=losses, params=sum(p.numel() for p in model.parameters()))
+                losses=losses, params=sum(p.numel() for p in model.parameters()),
+                profile=profile)
 
 
 def run(tasks, det_configs=DET_CONFIGS, seg_configs=SEG_CONFIGS, det_shape=(800, 1333),
-        seg_shape=(512, 512), det_batch=2, seg_batch=4, amp='fp16', warmup=2, repeats=6):
+        seg_shape=(512, 512), det_batch=2, seg_batch=4, amp='fp16', warmup=2, repeats=6,
+        profile_steps=0, top=15):
     rows = []
     for task in tasks:
         if task == 'det':
@@ -165,14 +191,25 @@ def run(tasks, det_configs=DET_CONFIGS, seg_configs=SEG_CONFIGS, det_shape=(800,
             data = segmentation_batch(seg_batch, *seg_shape)
             configs, shape, batch = seg_configs, seg_shape, seg_batch
         for path in configs:
-            row = measure(path, data, amp, warmup, repeats)
+            row = measure(path, data, amp, warmup, repeats, profile_steps)
             row.update(task=task, shape=shape, batch=batch, amp=amp)
             rows.append(row)
             print(f"{task} {osp.basename(path)}: train step {row['train_s'] * 1e3:.1f} ms, "
                   f"inference {row['infer_img_s']:.1f} img/s, peak {row['peak_gib'] or 0:.1f} GiB",
                   flush=True)
+            if row['profile']:
+                print_profile(row['profile'], top)
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return rows
+
+
+def print_profile(profile, top):
+    from _profiling import print_kernel_tables
+    busy = profile['kernel_ms'] / profile['wall_ms']
+    print(f"  profiled {profile['steps']} training steps: {profile['wall_ms']:.1f} ms per step, "
+          f"kernels {profile['kernel_ms']:.1f} ms ({100 * busy:.0f}% of it; the rest the GPU "
+          f"waits on the host), {profile['launches']:.0f} kernel launches per step")
+    print_kernel_tables(profile['totals'], profile['steps'], top)
 
 
 def table(rows):
@@ -202,12 +239,20 @@ def main(argv=None):
     parser.add_argument('--amp', default='fp16', choices=sorted(AMP))
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=6)
+    parser.add_argument('--profile', type=int, default=0, metavar='STEPS',
+                        help='also profile this many training steps per config (CUDA): kernel '
+                             'time against wall time, by family and by kernel')
+    parser.add_argument('--top', type=int, default=15, help='kernels listed with --profile')
     args = parser.parse_args(argv)
+    if args.profile < 0:
+        parser.error(f'--profile must be a number of steps >= 0, got {args.profile}')
+    if args.profile and not torch.cuda.is_available():
+        parser.error('--profile times CUDA kernels: it needs a CUDA GPU')
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'
     print(f'torch {torch.__version__} on {device}', flush=True)
     rows = run(args.tasks, args.det_configs, args.seg_configs, tuple(args.det_shape),
                tuple(args.seg_shape), args.det_batch, args.seg_batch, args.amp, args.warmup,
-               args.repeats)
+               args.repeats, args.profile, args.top)
     print(table(rows))
     return rows
 

@@ -16,30 +16,11 @@ warm-up steps), with their share of the step, and a summary by family (the SS2D 
 matrix products, normalisation, elementwise, convolutions, copies/transposes).
 """
 import argparse
-import re
 
 import _common
 import torch
+from _profiling import device_us, kernel_totals, print_kernel_tables
 from mmvmamba.analysis import AMP_DTYPES
-
-FAMILIES = (
-    ('ss2d scan (triton)', r'_ss2d_'),
-    ('layernorm2d (triton)', r'_ln2d_'),
-    ('inductor fusions', r'^triton_'),
-    ('matmul / 1x1 conv (gemm)', r'gemm|sm90|cutlass|cublas|xmma|matmul'),
-    ('depthwise / other conv', r'conv|depthwise|implicit'),
-    ('layernorm / reductions', r'norm|reduce|welford'),
-    ('copies / transposes', r'copy|transpose|cat|stack|permute'),
-    ('elementwise', r'elementwise|vectorized|unrolled|silu|gelu|add|mul'),
-)
-
-
-def family(name):
-    lower = name.lower()
-    for label, pattern in FAMILIES:
-        if re.search(pattern, lower):
-            return label
-    return 'other'
 
 
 def main(argv=None):
@@ -85,37 +66,14 @@ def main(argv=None):
         for _ in range(args.steps):
             step()
         torch.cuda.synchronize()
-    totals = {}
-    for event in prof.key_averages():
-        if event.device_type == torch.autograd.DeviceType.CPU:
-            continue  # operators (--by-op): their device time is their kernels'
-        device_us = _device_us(event)
-        if device_us > 0:
-            totals[event.key] = totals.get(event.key, 0.0) + device_us
-    step_us = sum(totals.values()) / args.steps
+    totals = kernel_totals(prof)
+    step_us = sum(us for us, _ in totals.values()) / args.steps
     launch = ' compiled' if args.compile else ''
     print(f'{args.config}: {args.mode} {args.amp}{launch}, batch {args.batch}: device time per '
           f'step {step_us / 1e3:.2f} ms (sum of kernel times)')
-    by_family = {}
-    for name, us in totals.items():
-        by_family[family(name)] = by_family.get(family(name), 0.0) + us
-    print('| family | ms / step | share |\n|---|---|---|')
-    for label, us in sorted(by_family.items(), key=lambda kv: -kv[1]):
-        print(f'| {label} | {us / args.steps / 1e3:.2f} | {100 * us / args.steps / step_us:.1f}% |')
-    print(f'\n| kernel (top {args.top}) | ms / step | share |\n|---|---|---|')
-    for name, us in sorted(totals.items(), key=lambda kv: -kv[1])[:args.top]:
-        short = name if len(name) < 90 else name[:87] + '...'
-        print(f'| {short} | {us / args.steps / 1e3:.2f} | {100 * us / args.steps / step_us:.1f}% |')
+    print_kernel_tables(totals, args.steps, args.top)
     if args.by_op:
         print_operators(prof, args.steps, step_us, args.top)
-
-
-def _device_us(event, own=False):
-    """An event's device time (``own``: of the kernels it launched itself), in microseconds:
-    ``device_time_total`` in current torch, ``cuda_time_total`` in older releases."""
-    prefix = 'self_' if own else ''
-    value = getattr(event, prefix + 'device_time_total', None)
-    return value if value is not None else getattr(event, prefix + 'cuda_time_total')
 
 
 def print_operators(prof, steps, step_us, top):
@@ -124,7 +82,7 @@ def print_operators(prof, steps, step_us, top):
     for event in prof.key_averages(group_by_input_shape=True):
         if event.device_type != torch.autograd.DeviceType.CPU:
             continue
-        own_us = _device_us(event, own=True)
+        own_us = device_us(event, own=True)
         if own_us > 0:
             rows.append((own_us, event.key, event.count // steps, str(event.input_shapes)))
     print(f'\n| operator (top {top}) | calls / step | ms / step | share | input shapes |\n'
