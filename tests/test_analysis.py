@@ -1,4 +1,6 @@
 """tools/analysis: FLOPs table, linearity, ERF PNG, benchmark and scaling on CPU."""
+import math
+import os
 import os.path as osp
 import sys
 
@@ -261,3 +263,38 @@ def test_downstream_profile_names_what_it_needs(steps, expected, capsys):
     with pytest.raises(SystemExit):
         downstream_steps.main(['--tasks', 'det', '--profile', steps])
     assert expected in capsys.readouterr().err
+
+
+def test_downstream_variants_take_turns_in_their_environment(monkeypatch):
+    import downstream_steps
+    monkeypatch.delenv('MMVMAMBA_TEST_VARIANT', raising=False)
+    seen = []
+
+    def step():
+        seen.append(os.environ.get('MMVMAMBA_TEST_VARIANT'))
+        return seen[-1]
+
+    variants = ['default', 'MMVMAMBA_TEST_VARIANT=a', 'MMVMAMBA_TEST_VARIANT=b,OTHER_VAR=1']
+    results = downstream_steps._alternate(step, variants, warmup=1, repeats=2, rounds=2,
+                                          on_gpu=False)
+    # warm-up once each, then two rounds of two calls per variant, in turn
+    turn = [None, None, 'a', 'a', 'b', 'b']
+    assert seen == [None, 'a', 'b'] + turn + turn
+    assert [len(results[v]['times']) for v in variants] == [4, 4, 4]
+    assert [results[v]['out'] for v in variants] == [None, 'a', 'b']
+    assert 'MMVMAMBA_TEST_VARIANT' not in os.environ and 'OTHER_VAR' not in os.environ
+    with pytest.raises(ValueError, match="'VAR'"):
+        downstream_steps.parse_variant('A=1,VAR')
+
+
+def test_downstream_measures_each_variant_of_a_segmentor_on_cpu(monkeypatch):
+    import downstream_steps as ds
+    monkeypatch.delenv('VMAMBA_SCAN_SEGMENT_PROGRAMS', raising=False)
+    config = osp.join(ROOT, 'configs', 'upernet', 'upernet_vmamba-nano_digits-96x96.py')
+    rows = ds.measure(config, ds.segmentation_batch(2, 96, 96, classes=11), amp='none',
+                      warmup=0, repeats=1, variants=['default', 'VMAMBA_SCAN_SEGMENT_PROGRAMS=64'])
+    assert [r['variant'] for r in rows] == ['default', 'VMAMBA_SCAN_SEGMENT_PROGRAMS=64']
+    for row in rows:
+        assert row['train_s'] > 0 and row['infer_img_s'] > 0 and row['profile'] is None
+        assert row['losses'] and all(math.isfinite(v) for v in row['losses'].values()), row
+    assert 'VMAMBA_SCAN_SEGMENT_PROGRAMS' not in os.environ

@@ -134,7 +134,7 @@ def test_downstream_training_steps_under_fp16_autocast(task):
         data, path = ds.detection_batch(2, 320, 480), ds.DET_CONFIGS[0]
     else:
         data, path = ds.segmentation_batch(2, 256, 256), ds.SEG_CONFIGS[0]
-    row = ds.measure(path, data, amp='fp16', warmup=1, repeats=2, profile_steps=1)
+    row, = ds.measure(path, data, amp='fp16', warmup=1, repeats=2, profile_steps=1)
     assert row['losses'] and all(math.isfinite(v) for v in row['losses'].values()), row
     assert row['peak_gib'] > 0 and row['infer_img_s'] > 0
     profile = row['profile']

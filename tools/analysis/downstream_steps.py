@@ -6,6 +6,8 @@ COCO / ADE20K pipelines produce.
     python tools/analysis/downstream_steps.py                       # both tasks, T vs Swin-T
     python tools/analysis/downstream_steps.py --tasks det --amp none --repeats 10
     python tools/analysis/downstream_steps.py --tasks det --profile 3    # where the step goes
+    python tools/analysis/downstream_steps.py --tasks det --rounds 4 \
+        --variants default VMAMBA_SCAN_SEGMENT_PROGRAMS=2048             # A/B in one process
 
 Defaults: Mask R-CNN 1x at batch 2 of 800 x 1333 (our VMamba-T config and mmdet's own Swin-T
 config), UperNet 160k at batch 4 of 512 x 512 (ours and mmseg's Swin-T); fp16 autocast with a
@@ -16,6 +18,7 @@ rest is the GPU waiting on the host: Python, data structures, synchronisations),
 per step, and device time by family and by kernel.
 """
 import argparse
+import contextlib
 import os
 import os.path as osp
 import statistics
@@ -121,18 +124,72 @@ def segmentation_batch(batch, height, width, classes=150, seed=0):
     return dict(inputs=inputs, data_samples=samples)
 
 
-def _timed(step, warmup, repeats):
-    times = []
-    for i in range(warmup + repeats):
+def _step_times(step, count):
+    """Wall seconds of ``count`` calls of ``step`` (synchronised), and the last one's output."""
+    times, out = [], None
+    for _ in range(count):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
         out = step()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+        times.append(time.perf_counter() - start)
+    return times, out
+
+
+def parse_variant(spec):
+    """A ``--variants`` entry: ``default`` (the environment as it is) or ``NAME=VALUE[,...]``,
+    environment variables the kernels read at each call (e.g. VMAMBA_SCAN_SEGMENT_PROGRAMS)."""
+    if spec == 'default':
+        return {}
+    env = {}
+    for item in spec.split(','):
+        name, sep, value = item.partition('=')
+        if not sep or not name.strip():
+            raise ValueError(f'variant {spec!r}: expected "default" or NAME=VALUE[,NAME=VALUE...],'
+                             f' got the item {item!r}')
+        env[name.strip()] = value
+    return env
+
+
+@contextlib.contextmanager
+def environment(env):
+    """``env`` set in os.environ inside the block, the previous values restored after."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _alternate(step, variants, warmup, repeats, rounds, on_gpu, after_warmup=None):
+    """Per variant: the step's times over ``rounds`` rounds of ``repeats`` calls, the variants
+    taking turns each round (drift of the machine spreads over all of them), after ``warmup``
+    calls each; the peak GPU memory of its calls; the last output."""
+    results = {spec: dict(times=[], peak=0.0, out=None) for spec in variants}
+    for spec in variants:
+        with environment(parse_variant(spec)):
+            _step_times(step, warmup)
+    if after_warmup:
+        after_warmup()
+    for _ in range(rounds):
+        for spec in variants:
+            with environment(parse_variant(spec)):
+                if on_gpu:
+                    torch.cuda.reset_peak_memory_stats()
+                times, out = _step_times(step, repeats)
+            result = results[spec]
+            result['times'] += times
+            result['out'] = out
+            if on_gpu:
+                result['peak'] = max(result['peak'], torch.cuda.max_memory_allocated() / 2**30)
+    return results
 
 
 def profile_train(model, wrapper, data, steps):
@@ -153,35 +210,47 @@ def profile_train(model, wrapper, data, steps):
                 launches=sum(n for _, n in totals.values()) / steps)
 
 
-def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0):
-    """One config: dict(train_s, losses (of the last step), infer_img_s, peak_gib), and with
-    ``profile_steps`` (CUDA) a profile of that many training steps (``profile_train``)."""
+def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
+            variants=('default', ), rounds=1):
+    """One config, one row per variant (``parse_variant``; they take turns in each of
+    ``rounds`` rounds): dict(variant, train_s and inference images/s (medians), losses (of
+    the last step), peak_gib), and with ``profile_steps`` (CUDA) a profile of that many training
+    steps (``profile_train``)."""
+    for spec in variants:
+        parse_variant(spec)  # a malformed variant fails before the model is built
     model, wrapper = build(path, amp)
     batch = len(data['inputs'])
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    on_gpu = torch.cuda.is_available()
     model.train()
-    train_s, losses = _timed(lambda: model.train_step(data, wrapper), warmup, repeats)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    profile = profile_train(model, wrapper, data, profile_steps) if profile_steps else None
+    train = _alternate(lambda: model.train_step(data, wrapper), variants, warmup, repeats,
+                       rounds, on_gpu)
+    profiles = {}
+    for spec in variants if profile_steps else ():
+        with environment(parse_variant(spec)):
+            profiles[spec] = profile_train(model, wrapper, data, profile_steps)
     model.eval()
     dtype = getattr(torch, AMP[amp]) if amp != 'none' else None
-    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = 'cuda' if on_gpu else 'cpu'
 
     def infer():
         with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
             return model.test_step(data)
 
-    infer_s, _ = _timed(infer, warmup, repeats)
-    losses = {k: float(v) for k, v in losses.items()}
-    return dict(config=path, train_s=train_s, infer_img_s=batch / infer_s, peak_gib=peak,
-                losses=losses, params=sum(p.numel() for p in model.parameters()),
-                profile=profile)
+    infer = _alternate(infer, variants, warmup, repeats, rounds, False)
+    params = sum(p.numel() for p in model.parameters())
+    rows = []
+    for spec in variants:
+        losses = {k: float(v) for k, v in train[spec]['out'].items()}
+        rows.append(dict(config=path, variant=spec, train_s=statistics.median(
+            train[spec]['times']), infer_img_s=batch / statistics.median(infer[spec]['times']),
+            peak_gib=train[spec]['peak'] if on_gpu else None, losses=losses, params=params,
+            profile=profiles.get(spec)))
+    return rows
 
 
 def run(tasks, det_configs=DET_CONFIGS, seg_configs=SEG_CONFIGS, det_shape=(800, 1333),
         seg_shape=(512, 512), det_batch=2, seg_batch=4, amp='fp16', warmup=2, repeats=6,
-        profile_steps=0, top=15):
+        profile_steps=0, top=15, variants=('default', ), rounds=1):
     rows = []
     for task in tasks:
         if task == 'det':
@@ -191,16 +260,22 @@ def run(tasks, det_configs=DET_CONFIGS, seg_configs=SEG_CONFIGS, det_shape=(800,
             data = segmentation_batch(seg_batch, *seg_shape)
             configs, shape, batch = seg_configs, seg_shape, seg_batch
         for path in configs:
-            row = measure(path, data, amp, warmup, repeats, profile_steps)
-            row.update(task=task, shape=shape, batch=batch, amp=amp)
-            rows.append(row)
-            print(f"{task} {osp.basename(path)}: train step {row['train_s'] * 1e3:.1f} ms, "
-                  f"inference {row['infer_img_s']:.1f} img/s, peak {row['peak_gib'] or 0:.1f} GiB",
-                  flush=True)
-            if row['profile']:
-                print_profile(row['profile'], top)
+            for row in measure(path, data, amp, warmup, repeats, profile_steps, variants,
+                               rounds):
+                row.update(task=task, shape=shape, batch=batch, amp=amp)
+                rows.append(row)
+                print(f"{task} {_label(row)}: train step {row['train_s'] * 1e3:.1f} ms, "
+                      f"inference {row['infer_img_s']:.1f} img/s, peak "
+                      f"{row['peak_gib'] or 0:.1f} GiB", flush=True)
+                if row['profile']:
+                    print_profile(row['profile'], top)
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return rows
+
+
+def _label(row):
+    name = osp.basename(row['config'])
+    return name if row['variant'] == 'default' else f"{name} [{row['variant']}]"
 
 
 def print_profile(profile, top):
@@ -220,7 +295,7 @@ def table(rows):
         base = first.setdefault(r['task'], r)
         peak = f"{r['peak_gib']:.1f}" if r['peak_gib'] is not None else '-'
         lines.append(
-            f"| {r['task']} | {osp.basename(r['config'])} | {r['batch']} x {r['shape'][0]}x"
+            f"| {r['task']} | {_label(r)} | {r['batch']} x {r['shape'][0]}x"
             f"{r['shape'][1]} | {r['train_s'] * 1e3:.1f} | {base['train_s'] / r['train_s']:.2f}x |"
             f" {r['infer_img_s']:.1f} | {r['infer_img_s'] / base['infer_img_s']:.2f}x | {peak} |")
     return '\n'.join(lines)
@@ -243,16 +318,28 @@ def main(argv=None):
                         help='also profile this many training steps per config (CUDA): kernel '
                              'time against wall time, by family and by kernel')
     parser.add_argument('--top', type=int, default=15, help='kernels listed with --profile')
+    parser.add_argument('--variants', nargs='+', default=['default'], metavar='SPEC',
+                        help='environment settings to compare on each model in one process, '
+                             'taking turns: "default" or NAME=VALUE[,NAME=VALUE...]')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='turns of the variants (--repeats steps each per round)')
     args = parser.parse_args(argv)
     if args.profile < 0:
         parser.error(f'--profile must be a number of steps >= 0, got {args.profile}')
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error(f'--rounds and --repeats must be >= 1, got {args.rounds}, {args.repeats}')
+    for spec in args.variants:
+        try:
+            parse_variant(spec)
+        except ValueError as err:
+            parser.error(str(err))
     if args.profile and not torch.cuda.is_available():
         parser.error('--profile times CUDA kernels: it needs a CUDA GPU')
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'
     print(f'torch {torch.__version__} on {device}', flush=True)
     rows = run(args.tasks, args.det_configs, args.seg_configs, tuple(args.det_shape),
                tuple(args.seg_shape), args.det_batch, args.seg_batch, args.amp, args.warmup,
-               args.repeats, args.profile, args.top)
+               args.repeats, args.profile, args.top, args.variants, args.rounds)
     print(table(rows))
     return rows
 
