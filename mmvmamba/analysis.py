@@ -139,19 +139,21 @@ def measure_throughput(model: torch.nn.Module, batch: int, shape: Tuple[int, int
             optimizer.step()
         optimizer.zero_grad(set_to_none=True) if optimizer else model.zero_grad(set_to_none=True)
 
-    times = []
+    times, host_times = [], []
     for i in range(warmup + repeats):
         _sync(device)
         start = time.perf_counter()
         step()
+        host = time.perf_counter() - start
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
+            host_times.append(host)
         if progress:
             progress(i + 1, warmup + repeats)
     peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else None
     return dict(images_per_s=batch / statistics.median(times), peak_bytes=peak,
-                median_s=statistics.median(times))
+                median_s=statistics.median(times), host_s=statistics.median(host_times))
 
 
 def effective_receptive_field(backbone: torch.nn.Module, images: torch.Tensor, stage: int = -1,

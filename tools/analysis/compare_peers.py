@@ -13,7 +13,10 @@ turn, with the same input, protocol and thread count.
         --peers swin-small convnext-small --device cuda --batch 128 --modes inference train \\
         --amp fp16 --launch eager compile
 
-Prints a markdown table; ``--json FILE`` also writes the rows.
+Prints a markdown table; ``--json FILE`` also writes the rows. Its ``host ms`` column is the
+median time until a step's Python returns, before waiting for the GPU: where it nears
+``ms/batch`` the step is bound by launching its kernels, not by running them (CUDA graphs or
+``torch.compile`` are then the remedy).
 """
 import argparse
 import itertools
@@ -127,7 +130,8 @@ def measure_all(args, entries):
                 peak = r['peak_bytes'] / 2**30 if r['peak_bytes'] is not None else None
                 row = dict(model=label, params=params, launch=launch, mode=mode, amp=amp,
                            batch=batch, images_per_s=r['images_per_s'],
-                           ms_per_batch=1e3 * batch / r['images_per_s'], peak_gib=peak)
+                           ms_per_batch=1e3 * batch / r['images_per_s'],
+                           host_ms=1e3 * r['host_s'], peak_gib=peak)
                 rows.append(row)
                 print(f"{label} {launch} {mode} {amp} batch {batch}: "
                       f"{row['images_per_s']:.1f} img/s, {row['ms_per_batch']:.1f} ms",
@@ -147,14 +151,14 @@ def ratios(rows, reference):
 
 
 def table(rows, reference):
-    lines = [f'| model | params | launch | mode | amp | batch | img/s | ms/batch | peak GiB | '
-             f'vs {reference} |', '|---|---|---|---|---|---|---|---|---|---|']
+    lines = [f'| model | params | launch | mode | amp | batch | img/s | ms/batch | host ms | '
+             f'peak GiB | vs {reference} |', '|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         peak = f"{r['peak_gib']:.1f}" if r['peak_gib'] is not None else '-'
         ratio = f"{r['ratio']:.2f}x" if r['ratio'] is not None else '-'
         lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['launch']} | {r['mode']} | "
                      f"{r['amp']} | {r['batch']} | {r['images_per_s']:.1f} | "
-                     f"{r['ms_per_batch']:.1f} | {peak} | {ratio} |")
+                     f"{r['ms_per_batch']:.1f} | {r['host_ms']:.1f} | {peak} | {ratio} |")
     return '\n'.join(lines)
 
 
