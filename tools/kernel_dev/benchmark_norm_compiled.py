@@ -10,8 +10,9 @@ backward at a stage's shape: which norm the compiled VMamba step should run.
 for the two inputs a VSS block's norms get: the residual stream (float32, channels-last, as the
 linear layers leave it) and the SS2D output (float32, channel-first, as the scan writes it).
 Each step: y = norm(x) in the autocast dtype, channels-last; out = y @ W (W: C x C); loss =
-out.float().square().mean(); backward to x, the norm's parameters and W. Also checks every variant's
-gradients against the float64 formula.
+out.float().square().mean(-1).sum() (a mean over every element would underflow the fp16
+gradients); backward to x, the norm's parameters and W. Also checks every variant's gradients
+against the float64 formula.
 
     python tools/kernel_dev/benchmark_norm_compiled.py [--batch 128] [--size 56] [--channels 96]
         [--dtype fp16] [--backend inductor]
@@ -45,13 +46,13 @@ def norm_then_linear(variant, dtype):
             y = vk.layer_norm_2d(x, weight, bias, 1e-5, backend='triton', out_dtype=dtype,
                                  channels_last_out=True, save_output=variant == 'from-output')
         out = torch.nn.functional.linear(y.permute(0, 2, 3, 1), proj)
-        return out.float().square().mean()
+        return out.float().square().mean(-1).sum()
     return step
 
 
 def in_float64(x, weight, bias, proj):
     y = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1], ), weight, bias, 1e-5)
-    return torch.nn.functional.linear(y, proj).square().mean()
+    return torch.nn.functional.linear(y, proj).square().mean(-1).sum()
 
 
 def leaves(batch, size, channels, layout, device, seed=0):
