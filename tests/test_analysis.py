@@ -284,9 +284,29 @@ def test_downstream_variants_take_turns_in_their_environment(monkeypatch):
     assert seen == [None, 'a', 'b'] + turn + turn
     assert [len(results[v]['times']) for v in variants] == [4, 4, 4]
     assert [results[v]['out'] for v in variants] == [None, 'a', 'b']
+    assert all(results[v]['clock'] == [] for v in variants)  # no clock given
     assert 'MMVMAMBA_TEST_VARIANT' not in os.environ and 'OTHER_VAR' not in os.environ
     with pytest.raises(ValueError, match="'VAR'"):
         downstream_steps.parse_variant('A=1,VAR')
+
+
+def test_forward_clock_times_each_forward_of_its_module():
+    import time
+
+    import downstream_steps
+
+    class Slow(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(0.02)
+            return x
+
+    slow = Slow()
+    clock = downstream_steps.ForwardClock(slow)
+    slow(torch.zeros(1))
+    slow(torch.zeros(1))
+    clock.remove()
+    slow(torch.zeros(1))
+    assert len(clock.times) == 2 and all(0.02 <= t < 0.5 for t in clock.times), clock.times
 
 
 def test_downstream_measures_each_variant_of_a_segmentor_on_cpu(monkeypatch):
@@ -298,5 +318,7 @@ def test_downstream_measures_each_variant_of_a_segmentor_on_cpu(monkeypatch):
     assert [r['variant'] for r in rows] == ['default', 'VMAMBA_SCAN_SEGMENT_PROGRAMS=64']
     for row in rows:
         assert row['train_s'] > 0 and row['infer_img_s'] > 0 and row['profile'] is None
+        # on the CPU the backbone's forward runs within the step, and takes a part of it
+        assert 0 < row['backbone_host_s'] < row['train_s']
         assert row['losses'] and all(math.isfinite(v) for v in row['losses'].values()), row
     assert 'VMAMBA_SCAN_SEGMENT_PROGRAMS' not in os.environ

@@ -13,9 +13,11 @@ Defaults: Mask R-CNN 1x at batch 2 of 800 x 1333 (our VMamba-T config and mmdet'
 config), UperNet 160k at batch 4 of 512 x 512 (ours and mmseg's Swin-T); fp16 autocast with a
 dynamic loss scale. Backbones start from random weights (no checkpoint is read). Any configs can
 be compared with ``--det-configs`` / ``--seg-configs`` (``mmdet::`` / ``mmseg::`` paths work).
-``--profile STEPS`` adds, per config, the kernels' share of the training step's wall time (the
-rest is the GPU waiting on the host: Python, data structures, synchronisations), kernel launches
-per step, and device time by family and by kernel.
+``backbone forward host ms`` is the time the host spends in the backbone's forward of a training
+step (on a GPU: launching its kernels, which it does not wait for). ``--profile STEPS`` adds,
+per config, the kernels' share of the training step's wall time (the rest is the GPU waiting on
+the host: Python, data structures, synchronisations), kernel launches per step, and device time
+by family and by kernel.
 """
 import argparse
 import contextlib
@@ -168,24 +170,47 @@ def environment(env):
                 os.environ[name] = value
 
 
-def _alternate(step, variants, warmup, repeats, rounds, on_gpu, after_warmup=None):
+class ForwardClock:
+    """Host time of every call of ``module``'s forward, from its pre-hook to its hook. On a GPU
+    that is the time to launch its kernels (the host does not wait for them unless the launch
+    queue fills or something synchronises); on the CPU, the time to run it."""
+
+    def __init__(self, module):
+        self.times, self._start = [], None
+        self._hooks = [module.register_forward_pre_hook(self._begin),
+                       module.register_forward_hook(self._end)]
+
+    def _begin(self, module, args):
+        self._start = time.perf_counter()
+
+    def _end(self, module, args, output):
+        self.times.append(time.perf_counter() - self._start)
+
+    def remove(self):
+        for hook in self._hooks:
+            hook.remove()
+
+
+def _alternate(step, variants, warmup, repeats, rounds, on_gpu, clock=None):
     """Per variant: the step's times over ``rounds`` rounds of ``repeats`` calls, the variants
     taking turns each round (drift of the machine spreads over all of them), after ``warmup``
-    calls each; the peak GPU memory of its calls; the last output."""
-    results = {spec: dict(times=[], peak=0.0, out=None) for spec in variants}
+    calls each; the peak GPU memory of its calls; the last output; with a ``ForwardClock``,
+    the forward times it took during the variant's timed calls."""
+    results = {spec: dict(times=[], peak=0.0, out=None, clock=[]) for spec in variants}
     for spec in variants:
         with environment(parse_variant(spec)):
             _step_times(step, warmup)
-    if after_warmup:
-        after_warmup()
     for _ in range(rounds):
         for spec in variants:
             with environment(parse_variant(spec)):
                 if on_gpu:
                     torch.cuda.reset_peak_memory_stats()
+                if clock is not None:
+                    clock.times.clear()
                 times, out = _step_times(step, repeats)
             result = results[spec]
             result['times'] += times
+            result['clock'] += clock.times if clock is not None else []
             result['out'] = out
             if on_gpu:
                 result['peak'] = max(result['peak'], torch.cuda.max_memory_allocated() / 2**30)
@@ -222,8 +247,10 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
     batch = len(data['inputs'])
     on_gpu = torch.cuda.is_available()
     model.train()
+    clock = ForwardClock(model.backbone) if hasattr(model, 'backbone') else None
     train = _alternate(lambda: model.train_step(data, wrapper), variants, warmup, repeats,
-                       rounds, on_gpu)
+                       rounds, on_gpu, clock)
+    clock.remove() if clock is not None else None
     profiles = {}
     for spec in variants if profile_steps else ():
         with environment(parse_variant(spec)):
@@ -244,6 +271,8 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
         rows.append(dict(config=path, variant=spec, train_s=statistics.median(
             train[spec]['times']), infer_img_s=batch / statistics.median(infer[spec]['times']),
             peak_gib=train[spec]['peak'] if on_gpu else None, losses=losses, params=params,
+            backbone_host_s=(statistics.median(train[spec]['clock']) if train[spec]['clock']
+                             else None),
             profile=profiles.get(spec)))
     return rows
 
@@ -288,16 +317,19 @@ def print_profile(profile, top):
 
 
 def table(rows):
-    lines = ['| task | config | batch x shape | train step ms | vs first | inference img/s | '
-             'vs first | peak train GiB |', '|---|---|---|---|---|---|---|---|']
+    lines = ['| task | config | batch x shape | train step ms | vs first | backbone forward '
+             'host ms | inference img/s | vs first | peak train GiB |',
+             '|---|---|---|---|---|---|---|---|---|']
     first = {}
     for r in rows:
         base = first.setdefault(r['task'], r)
         peak = f"{r['peak_gib']:.1f}" if r['peak_gib'] is not None else '-'
+        host = f"{r['backbone_host_s'] * 1e3:.1f}" if r['backbone_host_s'] is not None else '-'
         lines.append(
             f"| {r['task']} | {_label(r)} | {r['batch']} x {r['shape'][0]}x"
             f"{r['shape'][1]} | {r['train_s'] * 1e3:.1f} | {base['train_s'] / r['train_s']:.2f}x |"
-            f" {r['infer_img_s']:.1f} | {r['infer_img_s'] / base['infer_img_s']:.2f}x | {peak} |")
+            f" {host} | {r['infer_img_s']:.1f} | "
+            f"{r['infer_img_s'] / base['infer_img_s']:.2f}x | {peak} |")
     return '\n'.join(lines)
 
 
