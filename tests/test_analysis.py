@@ -313,9 +313,18 @@ def test_downstream_measures_each_variant_of_a_segmentor_on_cpu(monkeypatch):
     import downstream_steps as ds
     monkeypatch.delenv('VMAMBA_SCAN_SEGMENT_PROGRAMS', raising=False)
     config = osp.join(ROOT, 'configs', 'upernet', 'upernet_vmamba-nano_digits-96x96.py')
+    option = {'model.backbone.recompute_mlp_act': True}
     rows = ds.measure(config, ds.segmentation_batch(2, 96, 96, classes=11), amp='none',
-                      warmup=0, repeats=1, variants=['default', 'VMAMBA_SCAN_SEGMENT_PROGRAMS=64'])
+                      warmup=0, repeats=1, variants=['default', 'VMAMBA_SCAN_SEGMENT_PROGRAMS=64'],
+                      cfg_options=option)
     assert [r['variant'] for r in rows] == ['default', 'VMAMBA_SCAN_SEGMENT_PROGRAMS=64']
+    assert ds._label(rows[1]) == ('upernet_vmamba-nano_digits-96x96.py model.backbone.'
+                                  'recompute_mlp_act=True [VMAMBA_SCAN_SEGMENT_PROGRAMS=64]')
+    # the options reach our configs' backbones, and never the task libraries' peers
+    model, _ = ds.build(config, 'none', option)
+    mlps = [m for m in model.backbone.modules() if hasattr(m, 'recompute_act')]
+    assert mlps and all(m.recompute_act for m in mlps)
+    assert not ds.takes_options(ds.SEG_CONFIGS[1]) and ds.takes_options(ds.SEG_CONFIGS[0])
     for row in rows:
         assert row['train_s'] > 0 and row['infer_img_s'] > 0 and row['profile'] is None
         # on the CPU the backbone's forward runs within the step, and takes a part of it

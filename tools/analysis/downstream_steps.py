@@ -12,7 +12,8 @@ COCO / ADE20K pipelines produce.
 Defaults: Mask R-CNN 1x at batch 2 of 800 x 1333 (our VMamba-T config and mmdet's own Swin-T
 config), UperNet 160k at batch 4 of 512 x 512 (ours and mmseg's Swin-T); fp16 autocast with a
 dynamic loss scale. Backbones start from random weights (no checkpoint is read). Any configs can
-be compared with ``--det-configs`` / ``--seg-configs`` (``mmdet::`` / ``mmseg::`` paths work).
+be compared with ``--det-configs`` / ``--seg-configs`` (``mmdet::`` / ``mmseg::`` paths work);
+``--cfg-options`` change our configs only (e.g. ``model.backbone.compile=True``).
 ``backbone forward host ms`` is the time the host spends in the backbone's forward of a training
 step (on a GPU: launching its kernels, which it does not wait for). ``--profile STEPS`` adds,
 per config, the kernels' share of the training step's wall time (the rest is the GPU waiting on
@@ -32,7 +33,7 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import mmvmamba  # noqa: E402,F401  (compat fixes and registration before any mm* import)
-from mmengine.config import Config  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -57,11 +58,19 @@ def load_config(path):
         os.unlink(f.name)
 
 
-def build(path, amp):
+def takes_options(path):
+    """Whether ``--cfg-options`` apply to a config: our files do, the task libraries' own
+    (``mmdet::``, ``mmseg::``: the Swin peers) do not."""
+    return '::' not in path
+
+
+def build(path, amp, cfg_options=None):
     """Model (random weights, on the GPU when there is one) and its config's optimizer wrapper,
-    switched to AmpOptimWrapper for ``amp``."""
+    switched to AmpOptimWrapper for ``amp``; ``cfg_options`` merged into our configs."""
     from mmengine.optim import build_optim_wrapper
     cfg = load_config(path)
+    if cfg_options and takes_options(path):
+        cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.default_scope)
     from mmengine.registry import MODELS
     cfg.model.backbone.init_cfg = None
@@ -236,14 +245,14 @@ def profile_train(model, wrapper, data, steps):
 
 
 def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
-            variants=('default', ), rounds=1):
+            variants=('default', ), rounds=1, cfg_options=None):
     """One config, one row per variant (``parse_variant``; they take turns in each of
     ``rounds`` rounds): dict(variant, train_s and inference images/s (medians), losses (of
     the last step), peak_gib), and with ``profile_steps`` (CUDA) a profile of that many training
-    steps (``profile_train``)."""
+    steps (``profile_train``). ``cfg_options``: see :func:`build`."""
     for spec in variants:
         parse_variant(spec)  # a malformed variant fails before the model is built
-    model, wrapper = build(path, amp)
+    model, wrapper = build(path, amp, cfg_options)
     batch = len(data['inputs'])
     on_gpu = torch.cuda.is_available()
     model.train()
@@ -268,7 +277,9 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
     rows = []
     for spec in variants:
         losses = {k: float(v) for k, v in train[spec]['out'].items()}
-        rows.append(dict(config=path, variant=spec, train_s=statistics.median(
+        options = ' '.join(f'{k}={v}' for k, v in (cfg_options or {}).items()
+                           if takes_options(path))
+        rows.append(dict(config=path, variant=spec, options=options, train_s=statistics.median(
             train[spec]['times']), infer_img_s=batch / statistics.median(infer[spec]['times']),
             peak_gib=train[spec]['peak'] if on_gpu else None, losses=losses, params=params,
             backbone_host_s=(statistics.median(train[spec]['clock']) if train[spec]['clock']
@@ -279,7 +290,7 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
 
 def run(tasks, det_configs=DET_CONFIGS, seg_configs=SEG_CONFIGS, det_shape=(800, 1333),
         seg_shape=(512, 512), det_batch=2, seg_batch=4, amp='fp16', warmup=2, repeats=6,
-        profile_steps=0, top=15, variants=('default', ), rounds=1):
+        profile_steps=0, top=15, variants=('default', ), rounds=1, cfg_options=None):
     rows = []
     for task in tasks:
         if task == 'det':
@@ -290,7 +301,7 @@ def run(tasks, det_configs=DET_CONFIGS, seg_configs=SEG_CONFIGS, det_shape=(800,
             configs, shape, batch = seg_configs, seg_shape, seg_batch
         for path in configs:
             for row in measure(path, data, amp, warmup, repeats, profile_steps, variants,
-                               rounds):
+                               rounds, cfg_options):
                 row.update(task=task, shape=shape, batch=batch, amp=amp)
                 rows.append(row)
                 print(f"{task} {_label(row)}: train step {row['train_s'] * 1e3:.1f} ms, "
@@ -303,7 +314,7 @@ def run(tasks, det_configs=DET_CONFIGS, seg_configs=SEG_CONFIGS, det_shape=(800,
 
 
 def _label(row):
-    name = osp.basename(row['config'])
+    name = osp.basename(row['config']) + (f" {row['options']}" if row['options'] else '')
     return name if row['variant'] == 'default' else f"{name} [{row['variant']}]"
 
 
@@ -353,6 +364,9 @@ def main(argv=None):
     parser.add_argument('--variants', nargs='+', default=['default'], metavar='SPEC',
                         help='environment settings to compare on each model in one process, '
                              'taking turns: "default" or NAME=VALUE[,NAME=VALUE...]')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='overrides of our configs (not of the mmdet::/mmseg:: peers), e.g. '
+                             'model.backbone.compile=True (shown in the row label)')
     parser.add_argument('--rounds', type=int, default=1,
                         help='turns of the variants (--repeats steps each per round)')
     args = parser.parse_args(argv)
@@ -371,7 +385,8 @@ def main(argv=None):
     print(f'torch {torch.__version__} on {device}', flush=True)
     rows = run(args.tasks, args.det_configs, args.seg_configs, tuple(args.det_shape),
                tuple(args.seg_shape), args.det_batch, args.seg_batch, args.amp, args.warmup,
-               args.repeats, args.profile, args.top, args.variants, args.rounds)
+               args.repeats, args.profile, args.top, args.variants, args.rounds,
+               args.cfg_options)
     print(table(rows))
     return rows
 
