@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .checks import check_selective_scan_inputs, check_ss2d_inputs
 from .ss2d_grid import scan_lines
@@ -33,6 +34,10 @@ __all__ = [
 NUM_DIRECTIONS = 4
 # The chunk's (batch, channels, N, T, T) decay matrix is kept under this many elements.
 _MAX_DECAY_ELEMENTS = 1 << 23
+# With gradients, autograd would keep every chunk's decay matrix for the backward: batch x
+# channels x N x L x T elements in all. Beyond this many, each chunk is recomputed in the
+# backward instead (activation checkpointing), and only the chunk's inputs are kept.
+MAX_KEPT_DECAY_ELEMENTS = 1 << 26
 
 
 def default_chunk_size(batch, channels, d_state, length):
@@ -80,6 +85,7 @@ def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
         y = _scan_no_grad(u_c, delta_c, A_c, B_c, C_c, batch, groups, per_group, d_state, length)
         return y if D is None else y + D.to(cdt)[:, None] * u_c
     T = chunk_size or default_chunk_size(batch, channels, d_state, length)
+    recompute = needs_grad and batch * channels * d_state * length * T > MAX_KEPT_DECAY_ELEMENTS
 
     du = (delta_c * u_c).view(batch, groups, per_group, 1, length)
     dA = (delta_c.view(batch, groups, per_group, 1, length) *
@@ -89,20 +95,30 @@ def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     ys = []
     for start in range(0, length, T):
         stop = min(start + T, length)
-        n = stop - start
-        cum = dA[..., start:stop].cumsum(-1)  # (b, g, p, N, n)
-        seg = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # [t, s] = cum_t - cum_s
-        mask = causal[:n, :n]
-        decay = torch.exp(seg.masked_fill(~mask, float('-inf')))
         inputs = du[..., start:stop] * B_c[..., start:stop]  # (b, g, p, N, n)
-        states = (decay @ inputs.unsqueeze(-1)).squeeze(-1)
-        states = states + torch.exp(cum) * h.unsqueeze(-1)
+        mask = causal[:stop - start, :stop - start]
+        if recompute:
+            states = checkpoint(_chunk_states, dA[..., start:stop], inputs, h, mask,
+                                use_reentrant=False)
+        else:
+            states = _chunk_states(dA[..., start:stop], inputs, h, mask)
         ys.append((states * C_c[..., start:stop]).sum(3))
         h = states[..., -1]
     y = torch.cat(ys, -1).reshape(batch, channels, length)
     if D is not None:
         y = y + D.to(cdt)[:, None] * u_c
     return y
+
+
+def _chunk_states(dA, inputs, h, mask):
+    """The states of one chunk of n steps in closed form: (b, g, p, N, n) from its decay
+    exponents ``dA`` and inputs (both (b, g, p, N, n)), the state ``h`` entering it and the
+    causal (n, n) ``mask``."""
+    cum = dA.cumsum(-1)
+    seg = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # [t, s] = cum_t - cum_s
+    decay = torch.exp(seg.masked_fill(~mask, float('-inf')))
+    states = (decay @ inputs.unsqueeze(-1)).squeeze(-1)
+    return states + torch.exp(cum) * h.unsqueeze(-1)
 
 
 def _scan_no_grad(u, delta, A, B, C, batch, groups, per_group, d_state, length):

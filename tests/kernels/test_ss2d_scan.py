@@ -213,6 +213,38 @@ def test_selective_scan_torch_matches_step_by_step(groups, use_d, use_bias, soft
     assert rel_err(chunked, ref) <= 1e-5 and rel_err(stepped, ref) <= 1e-5
 
 
+def test_chunked_scan_recomputes_chunks_beyond_the_kept_memory_cap(monkeypatch):
+    # with gradients, every chunk's (T, T) decay matrix used to be held for the backward
+    # (VMamba-T training on the CPU at 512 x 512: 20.7 GiB); above the cap each chunk is
+    # recomputed in the backward, with the same gradients (float64 step-by-step reference)
+    from vmamba_kernels import reference
+    batch, channels, length, d_state, T = 2, 6, 40, 3, 8
+    g = torch.Generator().manual_seed(5)
+    leaves = [torch.randn(batch, channels, length, generator=g, dtype=torch.float64),
+              torch.rand(batch, channels, length, generator=g, dtype=torch.float64) * 0.5,
+              -torch.rand(channels, d_state, generator=g, dtype=torch.float64) * 2,
+              torch.randn(batch, 2, d_state, length, generator=g, dtype=torch.float64),
+              torch.randn(batch, 2, d_state, length, generator=g, dtype=torch.float64),
+              torch.randn(channels, generator=g, dtype=torch.float64)]
+    leaves = [t.requires_grad_(True) for t in leaves]
+    ref = naive_selective_scan(*leaves)
+    ref_grads = torch.autograd.grad(ref.square().sum(), leaves)
+    kept = {}
+    decay_elements = batch * channels * d_state * length * T
+    for cap in (decay_elements, decay_elements - 1):  # at the cap: kept; one below: recomputed
+        monkeypatch.setattr(reference, 'MAX_KEPT_DECAY_ELEMENTS', cap)
+        held = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: held.append(t.numel()) or t, lambda t: t):
+            y = vk.selective_scan_torch(*leaves, chunk_size=T)
+        kept[cap] = sum(held)
+        grads = torch.autograd.grad(y.square().sum(), leaves)
+        assert rel_err(y, ref) <= 1e-12
+        assert all(rel_err(a, b) <= 1e-12 for a, b in zip(grads, ref_grads))
+    # recomputing holds none of the decay matrices (nor the exponents they are made from)
+    assert kept[decay_elements] - kept[decay_elements - 1] >= decay_elements, kept
+
+
 def test_ss2d_torch_inference_path_matches_reference():
     inputs = make_inputs(2, 7, 5, 3, 2, 4)
     with torch.no_grad():
