@@ -321,6 +321,21 @@ def test_layernorm2d_triton_path_output_layout_and_dtype_under_autocast():
     assert ((cast.float() - ref).norm() / ref.norm()).item() < 1e-2
 
 
+def test_inductor_compiled_backbone_takes_a_second_input_size():
+    # through inductor (not aot_eager): torch's default compiled a second input size with
+    # symbolic sizes, which inductor failed to lower ("cannot determine truth value of
+    # Relational"), so detection training with compile=True crashed at its second image size
+    torch.manual_seed(0)
+    arch = dict(dims=16, depths=(1, 1, 1, 1))
+    eager = VMamba(arch, out_indices=(0, 3), drop_path_rate=0.0)
+    compiled = VMamba(arch, out_indices=(0, 3), drop_path_rate=0.0, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    for size in [(32, 48), (48, 32)]:
+        y = torch.randn(1, 3, *size)
+        for a, b in zip(eager(y), compiled(y)):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
 def test_compiled_backbone_matches_eager_and_survives_a_deep_copy():
     import copy
     torch.manual_seed(0)
@@ -355,6 +370,7 @@ def test_compiled_backbone_matches_eager_and_survives_a_deep_copy():
         assert not torch.allclose(twin(x)[1], compiled(x)[1])
     with pytest.raises(TypeError, match='compile'):
         VMamba(arch, compile='yes')
+    # the empty dict and True both compile statically (dynamic=False, see _compiled_forward)
     # an empty dict compiles with torch.compile's defaults, like True; False stays eager
     assert VMamba(arch, compile={}).compile_cfg == VMamba(arch, compile=True).compile_cfg == {}
     assert VMamba(arch, compile=False).compile_cfg is None

@@ -70,7 +70,11 @@ class VMamba(BaseModule):
             its keyword arguments (``{}``: the defaults, like True), e.g.
             ``dict(mode='max-autotune-no-cudagraphs')``. The Triton
             kernels stay as they are and inductor fuses the ops around them: VMamba-T training
-            on the H100 +16-24% (README, model zoo). Default: False.
+            on the H100 +16-24% (README, model zoo). Each input size is compiled on its own
+            (``dynamic=False`` unless the dict sets it): fixed sizes (classification,
+            segmentation crops) compile once; detection's many sizes each compile at first
+            sight, up to torch's recompile limit, beyond which new sizes run eagerly.
+            Default: False.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH,
             prefix='backbone.')``; loads our checkpoints and the authors' released files
             (strict about shapes, missing/unexpected keys reported). Default: None.
@@ -245,7 +249,13 @@ _COMPILED = {}
 def _compiled_forward(cfg):
     """``torch.compile(VMamba._forward, **cfg)``, one per distinct ``cfg``. The unbound function
     is compiled, not a bound method kept on the module: a deep copy of the model (mmengine's EMA)
-    must not call back into the original; dynamo guards on ``self`` and compiles per instance."""
+    must not call back into the original; dynamo guards on ``self`` and compiles per instance.
+
+    Unless ``cfg`` says otherwise, ``dynamic=False``: each input size gets a graph of its own.
+    With torch's default a second size is compiled with symbolic sizes, which inductor (torch
+    2.13) fails to lower for this model ("cannot determine truth value of Relational" while
+    ordering the strides of a channels-last view)."""
+    cfg = dict(dict(dynamic=False), **cfg)
     key = repr(sorted(cfg.items()))
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(VMamba._forward, **cfg)
