@@ -370,8 +370,8 @@ def test_compiled_backbone_matches_eager_and_survives_a_deep_copy():
         assert not torch.allclose(twin(x)[1], compiled(x)[1])
     with pytest.raises(TypeError, match='compile'):
         VMamba(arch, compile='yes')
-    # the empty dict and True both compile statically (dynamic=False, see _compiled_forward)
-    # an empty dict compiles with torch.compile's defaults, like True; False stays eager
+    # an empty dict compiles like True (torch.compile's defaults, but each input size on its
+    # own: dynamic=False, see _compiled_forward); False stays eager
     assert VMamba(arch, compile={}).compile_cfg == VMamba(arch, compile=True).compile_cfg == {}
     assert VMamba(arch, compile=False).compile_cfg is None
 

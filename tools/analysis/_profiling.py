@@ -46,9 +46,14 @@ def kernel_totals(prof):
     return totals
 
 
+def step_device_us(totals, steps):
+    """Device time per step, in microseconds: the sum of ``kernel_totals``' kernel times."""
+    return sum(us for us, _ in totals.values()) / steps
+
+
 def print_kernel_tables(totals, steps, top):
     """Families, then the ``top`` kernels, by device time per step and share of the step's."""
-    step_us = sum(us for us, _ in totals.values()) / steps
+    step_us = step_device_us(totals, steps)
     by_family = {}
     for name, (us, _) in totals.items():
         by_family[family(name)] = by_family.get(family(name), 0.0) + us
@@ -59,4 +64,3 @@ def print_kernel_tables(totals, steps, top):
     for name, (us, _) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]:
         short = name if len(name) < 90 else name[:87] + '...'
         print(f'| {short} | {us / steps / 1e3:.2f} | {100 * us / steps / step_us:.1f}% |')
-    return step_us

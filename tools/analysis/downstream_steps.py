@@ -206,12 +206,13 @@ def _alternate(step, variants, warmup, repeats, rounds, on_gpu, clock=None):
     calls each; the peak GPU memory of its calls; the last output; with a ``ForwardClock``,
     the forward times it took during the variant's timed calls."""
     results = {spec: dict(times=[], peak=0.0, out=None, clock=[]) for spec in variants}
+    envs = {spec: parse_variant(spec) for spec in variants}
     for spec in variants:
-        with environment(parse_variant(spec)):
+        with environment(envs[spec]):
             _step_times(step, warmup)
     for _ in range(rounds):
         for spec in variants:
-            with environment(parse_variant(spec)):
+            with environment(envs[spec]):
                 if on_gpu:
                     torch.cuda.reset_peak_memory_stats()
                 if clock is not None:
@@ -230,7 +231,7 @@ def profile_train(model, wrapper, data, steps):
     """``steps`` training steps under torch.profiler (CUDA): dict(wall_ms and kernel_ms per
     step, kernel launches per step, totals: {kernel: (device us, launches)} over the steps). A
     step whose kernels fill much less than its wall time waits on the host."""
-    from _profiling import kernel_totals
+    from _profiling import kernel_totals, step_device_us
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
@@ -240,7 +241,7 @@ def profile_train(model, wrapper, data, steps):
         wall = time.perf_counter() - start
     totals = kernel_totals(prof)
     return dict(wall_ms=wall * 1e3 / steps, totals=totals, steps=steps,
-                kernel_ms=sum(us for us, _ in totals.values()) / 1e3 / steps,
+                kernel_ms=step_device_us(totals, steps) / 1e3,
                 launches=sum(n for _, n in totals.values()) / steps)
 
 
@@ -259,7 +260,8 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
     clock = ForwardClock(model.backbone) if hasattr(model, 'backbone') else None
     train = _alternate(lambda: model.train_step(data, wrapper), variants, warmup, repeats,
                        rounds, on_gpu, clock)
-    clock.remove() if clock is not None else None
+    if clock is not None:
+        clock.remove()
     profiles = {}
     for spec in variants if profile_steps else ():
         with environment(parse_variant(spec)):
@@ -274,11 +276,11 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
 
     infer = _alternate(infer, variants, warmup, repeats, rounds, False)
     params = sum(p.numel() for p in model.parameters())
+    options = ' '.join(f'{k}={v}' for k, v in (cfg_options or {}).items()
+                       if takes_options(path))
     rows = []
     for spec in variants:
         losses = {k: float(v) for k, v in train[spec]['out'].items()}
-        options = ' '.join(f'{k}={v}' for k, v in (cfg_options or {}).items()
-                           if takes_options(path))
         rows.append(dict(config=path, variant=spec, options=options, train_s=statistics.median(
             train[spec]['times']), infer_img_s=batch / statistics.median(infer[spec]['times']),
             peak_gib=train[spec]['peak'] if on_gpu else None, losses=losses, params=params,

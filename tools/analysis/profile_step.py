@@ -19,7 +19,7 @@ import argparse
 
 import _common
 import torch
-from _profiling import device_us, kernel_totals, print_kernel_tables
+from _profiling import device_us, kernel_totals, print_kernel_tables, step_device_us
 from mmvmamba.analysis import AMP_DTYPES
 
 
@@ -67,7 +67,7 @@ def main(argv=None):
             step()
         torch.cuda.synchronize()
     totals = kernel_totals(prof)
-    step_us = sum(us for us, _ in totals.values()) / args.steps
+    step_us = step_device_us(totals, args.steps)
     launch = ' compiled' if args.compile else ''
     print(f'{args.config}: {args.mode} {args.amp}{launch}, batch {args.batch}: device time per '
           f'step {step_us / 1e3:.2f} ms (sum of kernel times)')
