@@ -331,3 +331,46 @@ def test_downstream_measures_each_variant_of_a_segmentor_on_cpu(monkeypatch):
         assert 0 < row['backbone_host_s'] < row['train_s']
         assert row['losses'] and all(math.isfinite(v) for v in row['losses'].values()), row
     assert 'VMAMBA_SCAN_SEGMENT_PROGRAMS' not in os.environ
+
+
+def test_host_profile_counts_the_backward_and_groups_by_package():
+    import _profiling
+
+    class Twice(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 2
+
+    def step():
+        x = torch.ones(8, requires_grad=True)
+        Twice.apply(x).sum().backward()
+        return x.grad
+
+    stats = _profiling.host_profile(step, steps=3)
+    rows = _profiling.host_rows(stats)
+    # the custom Function's backward runs on the profiled thread, once per step
+    backward = [r for r in rows if r[1].endswith('(backward)') and 'test_analysis' in r[1]]
+    assert len(backward) == 1 and backward[0][2] == 3, backward
+    assert _profiling.host_package('~', "<method 'add' of 'torch._C.TensorBase' objects>") \
+        .startswith('C functions')
+    assert _profiling.host_package('/x/site-packages/triton/runtime/jit.py', 'run') \
+        .startswith('triton')
+    assert _profiling.host_package('/repo/kernels/ss2d_n1.py', 'f').startswith('vmamba_kernels')
+    assert _profiling.host_package('/repo/mmvmamba/models/ss2d.py', 'f').startswith('mmvmamba')
+
+
+def test_downstream_host_profile_prints_packages_and_functions(capsys):
+    import downstream_steps as ds
+    config = osp.join(ROOT, 'configs', 'upernet', 'upernet_vmamba-nano_digits-96x96.py')
+    rows = ds.measure(config, ds.segmentation_batch(2, 64, 64, classes=11), amp='none',
+                      warmup=0, repeats=1, host_profile_steps=1)
+    assert rows[0]['host_profile'] is not None and rows[0]['host_profile_steps'] == 1
+    import _profiling
+    _profiling.print_host_tables(rows[0]['host_profile'], 1, top=5)
+    out = capsys.readouterr().out
+    assert '| mmvmamba (model) |' in out and '| function (top 5 by own time) |' in out, out
+    assert 'host time under cProfile' in out

@@ -393,3 +393,34 @@ def test_memory_efficient_norm_same_gradients_and_holds_no_norm_inputs():
     maps = sum(3 * c * (32 // 2**(i + 2))**2 * depth for i, (c, depth) in
                enumerate(zip(plain.dims, plain.depths)))
     assert saved[0] - saved[1] == maps * 2 * 4
+
+
+def test_config_option_reaches_torch_compile(monkeypatch):
+    # what `--cfg-options model.backbone.compile.mode=reduce-overhead` does to a task config:
+    # the backbone's forward goes through torch.compile with that mode, one graph per size
+    import os.path as osp
+
+    from mmengine.config import Config
+
+    from mmvmamba.models.backbones import vmamba as vmamba_module
+    from mmvmamba.registry import MODELS
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    cfg = Config.fromfile(osp.join(root, 'configs', 'upernet',
+                                   'upernet_vmamba-nano_digits-96x96.py'))
+    cfg.merge_from_dict({'model.backbone.compile.mode': 'reduce-overhead'})
+    calls = []
+
+    def fake_compile(fn, **kwargs):
+        calls.append(kwargs)
+        return fn  # eager: only the arguments are under test here
+
+    monkeypatch.setattr(vmamba_module, '_COMPILED', {})
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    backbone = dict(cfg.model.backbone)
+    backbone.pop('init_cfg', None)
+    model = MODELS.build(backbone)
+    assert model.compile_cfg == {'mode': 'reduce-overhead'}
+    outs = model(torch.randn(1, 3, 64, 64))
+    model(torch.randn(1, 3, 32, 32))
+    assert calls == [dict(dynamic=False, mode='reduce-overhead')]  # compiled once, reused
+    assert len(outs) == len(model.out_indices)

@@ -6,6 +6,7 @@ COCO / ADE20K pipelines produce.
     python tools/analysis/downstream_steps.py                       # both tasks, T vs Swin-T
     python tools/analysis/downstream_steps.py --tasks det --amp none --repeats 10
     python tools/analysis/downstream_steps.py --tasks det --profile 3    # where the step goes
+    python tools/analysis/downstream_steps.py --tasks seg --host-profile 3  # the host's side
     python tools/analysis/downstream_steps.py --tasks det --rounds 4 \
         --variants default VMAMBA_SCAN_SEGMENT_PROGRAMS=2048             # A/B in one process
 
@@ -18,7 +19,9 @@ be compared with ``--det-configs`` / ``--seg-configs`` (``mmdet::`` / ``mmseg::`
 step (on a GPU: launching its kernels, which it does not wait for). ``--profile STEPS`` adds,
 per config, the kernels' share of the training step's wall time (the rest is the GPU waiting on
 the host: Python, data structures, synchronisations), kernel launches per step, and device time
-by family and by kernel.
+by family and by kernel. ``--host-profile STEPS`` adds the host's side of the training step
+(cProfile): own time by package (our model, our kernel launchers, Triton's launch path, torch's
+operators, the task library) and by function.
 """
 import argparse
 import contextlib
@@ -246,11 +249,12 @@ def profile_train(model, wrapper, data, steps):
 
 
 def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
-            variants=('default', ), rounds=1, cfg_options=None):
+            variants=('default', ), rounds=1, cfg_options=None, host_profile_steps=0):
     """One config, one row per variant (``parse_variant``; they take turns in each of
     ``rounds`` rounds): dict(variant, train_s and inference images/s (medians), losses (of
     the last step), peak_gib), and with ``profile_steps`` (CUDA) a profile of that many training
-    steps (``profile_train``). ``cfg_options``: see :func:`build`."""
+    steps (``profile_train``), with ``host_profile_steps`` a cProfile of that many
+    (``_profiling.host_profile``: pstats.Stats). ``cfg_options``: see :func:`build`."""
     for spec in variants:
         parse_variant(spec)  # a malformed variant fails before the model is built
     model, wrapper = build(path, amp, cfg_options)
@@ -262,10 +266,15 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
                        rounds, on_gpu, clock)
     if clock is not None:
         clock.remove()
-    profiles = {}
+    profiles, host_profiles = {}, {}
     for spec in variants if profile_steps else ():
         with environment(parse_variant(spec)):
             profiles[spec] = profile_train(model, wrapper, data, profile_steps)
+    for spec in variants if host_profile_steps else ():
+        from _profiling import host_profile
+        with environment(parse_variant(spec)):
+            host_profiles[spec] = host_profile(lambda: model.train_step(data, wrapper),
+                                               host_profile_steps)
     model.eval()
     dtype = getattr(torch, AMP[amp]) if amp != 'none' else None
     device = 'cuda' if on_gpu else 'cpu'
@@ -286,13 +295,15 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
             peak_gib=train[spec]['peak'] if on_gpu else None, losses=losses, params=params,
             backbone_host_s=(statistics.median(train[spec]['clock']) if train[spec]['clock']
                              else None),
-            profile=profiles.get(spec)))
+            profile=profiles.get(spec), host_profile=host_profiles.get(spec),
+            host_profile_steps=host_profile_steps))
     return rows
 
 
 def run(tasks, det_configs=DET_CONFIGS, seg_configs=SEG_CONFIGS, det_shape=(800, 1333),
         seg_shape=(512, 512), det_batch=2, seg_batch=4, amp='fp16', warmup=2, repeats=6,
-        profile_steps=0, top=15, variants=('default', ), rounds=1, cfg_options=None):
+        profile_steps=0, top=15, variants=('default', ), rounds=1, cfg_options=None,
+        host_profile_steps=0):
     rows = []
     for task in tasks:
         if task == 'det':
@@ -303,7 +314,7 @@ def run(tasks, det_configs=DET_CONFIGS, seg_configs=SEG_CONFIGS, det_shape=(800,
             configs, shape, batch = seg_configs, seg_shape, seg_batch
         for path in configs:
             for row in measure(path, data, amp, warmup, repeats, profile_steps, variants,
-                               rounds, cfg_options):
+                               rounds, cfg_options, host_profile_steps):
                 row.update(task=task, shape=shape, batch=batch, amp=amp)
                 rows.append(row)
                 print(f"{task} {_label(row)}: train step {row['train_s'] * 1e3:.1f} ms, "
@@ -311,6 +322,9 @@ def run(tasks, det_configs=DET_CONFIGS, seg_configs=SEG_CONFIGS, det_shape=(800,
                       f"{row['peak_gib'] or 0:.1f} GiB", flush=True)
                 if row['profile']:
                     print_profile(row['profile'], top)
+                if row['host_profile']:
+                    from _profiling import print_host_tables
+                    print_host_tables(row['host_profile'], row['host_profile_steps'], top)
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return rows
 
@@ -362,7 +376,11 @@ def main(argv=None):
     parser.add_argument('--profile', type=int, default=0, metavar='STEPS',
                         help='also profile this many training steps per config (CUDA): kernel '
                              'time against wall time, by family and by kernel')
-    parser.add_argument('--top', type=int, default=15, help='kernels listed with --profile')
+    parser.add_argument('--host-profile', type=int, default=0, metavar='STEPS',
+                        help='also cProfile this many training steps per config: host time by '
+                             'package and by function')
+    parser.add_argument('--top', type=int, default=15,
+                        help='kernels (functions) listed with --profile (--host-profile)')
     parser.add_argument('--variants', nargs='+', default=['default'], metavar='SPEC',
                         help='environment settings to compare on each model in one process, '
                              'taking turns: "default" or NAME=VALUE[,NAME=VALUE...]')
@@ -372,8 +390,9 @@ def main(argv=None):
     parser.add_argument('--rounds', type=int, default=1,
                         help='turns of the variants (--repeats steps each per round)')
     args = parser.parse_args(argv)
-    if args.profile < 0:
-        parser.error(f'--profile must be a number of steps >= 0, got {args.profile}')
+    if args.profile < 0 or args.host_profile < 0:
+        parser.error(f'--profile and --host-profile must be numbers of steps >= 0, got '
+                     f'{args.profile}, {args.host_profile}')
     if args.rounds < 1 or args.repeats < 1:
         parser.error(f'--rounds and --repeats must be >= 1, got {args.rounds}, {args.repeats}')
     for spec in args.variants:
@@ -388,7 +407,7 @@ def main(argv=None):
     rows = run(args.tasks, args.det_configs, args.seg_configs, tuple(args.det_shape),
                tuple(args.seg_shape), args.det_batch, args.seg_batch, args.amp, args.warmup,
                args.repeats, args.profile, args.top, args.variants, args.rounds,
-               args.cfg_options)
+               args.cfg_options, args.host_profile)
     print(table(rows))
     return rows
 
