@@ -158,9 +158,10 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     input: see :func:`layer_norm_2d_triton`) apply to the Triton path; the torch path follows
     ``F.layer_norm``.
     Inside ``torch.compile`` (unless ``$VMAMBA_COMPILED_NORM`` keeps the Triton kernels there)
-    the torch path runs on every device (inductor fuses it), with
-    ``out_dtype`` applied, and ``save_output`` through a torch autograd Function whose backward
-    works from the output (``layernorm_from_output.py``)."""
+    the torch path runs on every device (inductor fuses it), with ``out_dtype`` applied, as a
+    torch autograd Function whose backward recomputes x-hat from the input
+    (``layernorm_recompute.py``), or with ``save_output`` works from the output
+    (``layernorm_from_output.py``)."""
     from .layernorm2d import layer_norm_2d_torch, layer_norm_2d_triton
     compiling = torch.compiler.is_compiling()
     if resolve_backend(backend, x) == 'triton' and (not compiling or _triton_norm_compiled(x)):
@@ -170,11 +171,12 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
         # the compiled graph then keeps y (which the next linear layer holds too), not x
         from .layernorm_from_output import layer_norm_2d_from_output
         return layer_norm_2d_from_output(x, weight, bias, eps, out_dtype)
-    out = layer_norm_2d_torch(x, weight, bias, eps)
-    if compiling and out_dtype is not None:
+    if compiling:
         # under torch.compile every backend takes this path: inductor generates the norm and
         # fuses it with the residual adds and casts around it, where the Triton kernel would be
-        # an opaque call (a launch and a dispatch per norm, no fusion); the cast is the one the
-        # Triton path would have written
-        out = out.to(out_dtype)
-    return out
+        # an opaque call (a launch and a dispatch per norm, no fusion); out_dtype is the cast
+        # the Triton path would have written. The backward recomputes x-hat from the input it
+        # keeps (inductor stored a saved x-hat transposed: layernorm_recompute.py)
+        from .layernorm_recompute import layer_norm_2d_recompute
+        return layer_norm_2d_recompute(x, weight, bias, eps, out_dtype)
+    return layer_norm_2d_torch(x, weight, bias, eps)

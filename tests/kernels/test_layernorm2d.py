@@ -5,6 +5,7 @@ import torch
 import vmamba_kernels as vk
 from vmamba_kernels.layernorm2d import layer_norm_2d_triton
 from vmamba_kernels.layernorm_from_output import layer_norm_2d_from_output
+from vmamba_kernels.layernorm_recompute import layer_norm_2d_recompute
 
 
 def reference(x, weight, bias, eps):
@@ -156,19 +157,27 @@ def test_save_output_with_a_zero_weight_stays_finite(impl):
     assert torch.isfinite(leaf.grad).all() and torch.isfinite(w.grad).all()
 
 
+def _graded_case(in_last, dtype=torch.float32):
+    """A (3, 20, 4, 5) norm with a small negative weight, x channel-first or channels-last: the
+    inputs, their float64 copies with the reference formula's gradients for a random output
+    gradient ``grad``, and fresh leaves to differentiate."""
+    x, weight, bias = inputs(3, 20, 4, 5, dtype)
+    weight[3] = -0.05
+    x = x.contiguous(memory_format=torch.channels_last if in_last else torch.contiguous_format)
+    leaves64 = [t.double().requires_grad_(True) for t in (x, weight, bias)]
+    grad = torch.randn(x.shape, dtype=torch.float64)
+    reference(*leaves64, eps=1e-5).backward(grad)
+    return x, weight, bias, leaves64, grad, [t.clone().requires_grad_(True)
+                                             for t in (x, weight, bias)]
+
+
 @pytest.mark.parametrize('in_last,out_dtype', [(False, None), (True, None),
                                                 (False, torch.bfloat16), (True, torch.float16)])
 def test_torch_from_output_function_matches_float64_and_holds_no_input(in_last, out_dtype):
     # the torch ops that torch.compile runs for save_output: F.layer_norm's output in the
     # requested dtype, gradients of the float64 formula (float32 output) or within the output's
     # rounding (half), and x's storage not among what autograd keeps
-    x, weight, bias = inputs(3, 20, 4, 5)
-    weight[3] = -0.05
-    x = x.contiguous(memory_format=torch.channels_last if in_last else torch.contiguous_format)
-    leaves64 = [t.double().requires_grad_(True) for t in (x, weight, bias)]
-    grad = torch.randn(x.shape, dtype=torch.float64)
-    reference(*leaves64, eps=1e-5).backward(grad)
-    leaves = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    x, weight, bias, leaves64, grad, leaves = _graded_case(in_last)
     held = []
     with torch.autograd.graph.saved_tensors_hooks(
             lambda t: held.append(t.untyped_storage().data_ptr()) or t, lambda t: t):
@@ -185,3 +194,59 @@ def test_torch_from_output_function_matches_float64_and_holds_no_input(in_last, 
     for name, a, c in zip(('x', 'weight', 'bias'), leaves, leaves64):
         assert a.grad.dtype == torch.float32 and a.grad.shape == c.shape
         assert rel(a.grad, c.grad) < tol, name
+
+
+@pytest.mark.parametrize('in_last,in_dtype,out_dtype', [
+    (False, torch.float32, None), (True, torch.float32, None),
+    (True, torch.float32, torch.float16), (False, torch.bfloat16, torch.bfloat16)])
+def test_recompute_function_matches_float64_and_holds_input_and_stats(in_last, in_dtype,
+                                                                      out_dtype):
+    # the torch ops torch.compile runs for a norm: F.layer_norm's output in the requested dtype,
+    # the float64 formula's gradients, and for the backward only x itself (no map of its own)
+    # and two floats per position
+    x, weight, bias, leaves64, grad, leaves = _graded_case(in_last, in_dtype)
+    held = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: held.append(t) or t, lambda t: t):
+        y = layer_norm_2d_recompute(*leaves, out_dtype=out_dtype)
+    maps = [t for t in held if t.numel() == x.numel()]
+    assert len(maps) == 1 and maps[0].data_ptr() == leaves[0].data_ptr()
+    assert sum(t.numel() for t in held) == x.numel() + 2 * 3 * 4 * 5 + 20
+    assert y.dtype == (out_dtype or x.dtype)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    plain = torch.nn.functional.layer_norm(x.float().permute(0, 2, 3, 1), (20, ), weight, bias)
+    rtol = 1e-5 if y.dtype == torch.float32 else torch.finfo(y.dtype).eps
+    assert torch.allclose(y.float(), plain.permute(0, 3, 1, 2), rtol=rtol, atol=1e-5)
+    y.backward(grad.to(y.dtype))
+    tol = 1e-5 if y.dtype == torch.float32 and in_dtype == torch.float32 else 2e-2
+    for name, a, c in zip(('x', 'weight', 'bias'), leaves, leaves64):
+        assert a.grad.dtype == a.dtype and a.grad.shape == c.shape
+        assert rel(a.grad, c.grad) < tol, name
+
+
+def test_recompute_function_output_dtype_follows_f_layer_norm_under_autocast():
+    x, weight, bias = inputs(1, 8, 3, 3)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert layer_norm_2d_recompute(x.bfloat16(), weight, bias).dtype == torch.float32
+    assert layer_norm_2d_recompute(x.bfloat16(), weight, bias).dtype == torch.bfloat16
+
+
+def test_compiled_norm_is_the_recomputing_function(monkeypatch):
+    # inside torch.compile layer_norm_2d takes the recomputing Function (save_output: the one
+    # that works from the output); eager on the CPU stays F.layer_norm
+    from vmamba_kernels import layernorm_recompute
+    calls = []
+    real = layernorm_recompute.layer_norm_2d_recompute
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(layernorm_recompute, 'layer_norm_2d_recompute', spy)
+    x, weight, bias = inputs(2, 8, 3, 4)
+    vk.layer_norm_2d(x, weight, bias, backend='torch')
+    assert calls == []
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    out = vk.layer_norm_2d(x, weight, bias, backend='torch', out_dtype=torch.bfloat16)
+    assert calls == [x.shape] and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference(x, weight, bias, 1e-5).float(),
+                               rtol=1e-2, atol=1e-2)
