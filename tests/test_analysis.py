@@ -355,12 +355,10 @@ def test_host_profile_counts_the_backward_and_groups_by_package():
     # the custom Function's backward runs on the profiled thread, once per step
     backward = [r for r in rows if r[1].endswith('(backward)') and 'test_analysis' in r[1]]
     assert len(backward) == 1 and backward[0][2] == 3, backward
-    assert _profiling.host_package('~', "<method 'add' of 'torch._C.TensorBase' objects>") \
-        .startswith('C functions')
-    assert _profiling.host_package('/x/site-packages/triton/runtime/jit.py', 'run') \
-        .startswith('triton')
-    assert _profiling.host_package('/repo/kernels/ss2d_n1.py', 'f').startswith('vmamba_kernels')
-    assert _profiling.host_package('/repo/mmvmamba/models/ss2d.py', 'f').startswith('mmvmamba')
+    assert _profiling.host_package('~').startswith('C functions')
+    assert _profiling.host_package('/x/site-packages/triton/runtime/jit.py').startswith('triton')
+    assert _profiling.host_package('/repo/kernels/ss2d_n1.py').startswith('vmamba_kernels')
+    assert _profiling.host_package('/repo/mmvmamba/models/ss2d.py').startswith('mmvmamba')
 
 
 def test_downstream_host_profile_prints_packages_and_functions(capsys):

@@ -80,9 +80,9 @@ HOST_PACKAGES = (
 )
 
 
-def host_package(filename, function):
+def host_package(filename):
     """The group a profiled function's own time goes to: a package by its file, or
-    'C functions (torch ops, ...)' for built-ins (``~``: torch's operators, launches, ...)."""
+    'C functions (torch ops, ...)' for built-ins (file ``~``: torch's operators, launches, ...)."""
     if filename == '~' or filename.startswith('<built-in'):
         return 'C functions (torch ops, launches, ...)'
     for label, pattern in HOST_PACKAGES:
@@ -114,7 +114,7 @@ def host_rows(stats):
     for (filename, line, function), (_, calls, own, cumulative, _) in stats.stats.items():
         short = f'{function}' if filename == '~' else (
             f"{'/'.join(filename.replace(chr(92), '/').split('/')[-2:])}:{line}({function})")
-        rows.append((host_package(filename, function), short, calls, own, cumulative))
+        rows.append((host_package(filename), short, calls, own, cumulative))
     return rows
 
 
@@ -136,4 +136,3 @@ def print_host_tables(stats, steps, top):
         name = name if len(name) < 90 else name[:87] + '...'
         print(f'| {name} | {calls / steps:.0f} | {own / steps * 1e3:.2f} | '
               f'{cumulative / steps * 1e3:.2f} |')
-    return by_package
