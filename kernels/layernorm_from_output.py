@@ -37,12 +37,20 @@ class LayerNormFromOutputFunction(torch.autograd.Function):
         w_safe = torch.where(w.abs() < _MIN_WEIGHT, torch.where(w < 0, -_MIN_WEIGHT, _MIN_WEIGHT),
                              w)
         xhat = (y.float() - bias.float()) / w_safe
-        dyl = dy.permute(0, 2, 3, 1).float()
-        g = dyl * w
-        dx = rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
-        dweight = (dyl * xhat).sum((0, 1, 2)).to(weight.dtype)
-        dbias = dyl.sum((0, 1, 2)).to(bias.dtype)
-        return dx.to(ctx.x_dtype).permute(0, 3, 1, 2), dweight, dbias, None, None
+        return backward_from_x_hat(xhat, rstd, dy, weight, ctx.x_dtype,
+                                   (weight.dtype, bias.dtype)) + (None, None)
+
+
+def backward_from_x_hat(xhat, rstd, dy, weight, x_dtype, param_dtypes):
+    """A channel norm's (dx, d weight, d bias) from x-hat and rstd (float32, (batch, H, W, C)
+    and (batch, H, W, 1)) and the output gradient ``dy`` (batch, C, H, W): dx in ``x_dtype`` as
+    a (batch, C, H, W) view, the parameters' in ``param_dtypes``."""
+    dyl = dy.permute(0, 2, 3, 1).float()
+    g = dyl * weight.float()
+    dx = rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
+    dweight = (dyl * xhat).sum((0, 1, 2)).to(param_dtypes[0])
+    dbias = dyl.sum((0, 1, 2)).to(param_dtypes[1])
+    return dx.to(x_dtype).permute(0, 3, 1, 2), dweight, dbias
 
 
 def layer_norm_2d_from_output(x, weight, bias, eps=1e-5, out_dtype=None):

@@ -12,6 +12,8 @@ x-hat is recomputed where the backward's reductions read it, and the forward no 
 """
 import torch
 
+from .layernorm_from_output import backward_from_x_hat
+
 __all__ = ['layer_norm_2d_recompute']
 
 
@@ -36,12 +38,8 @@ class LayerNormRecomputeFunction(torch.autograd.Function):
         # forward keeps x-hat again
         xhat = ((x.float() - mean.permute(0, 3, 1, 2)) * rstd.permute(0, 3, 1, 2)).permute(
             0, 2, 3, 1)
-        dyl = dy.permute(0, 2, 3, 1).float()
-        g = dyl * weight.float()
-        dx = rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
-        dweight = (dyl * xhat).sum((0, 1, 2)).to(ctx.param_dtypes[0])
-        dbias = dyl.sum((0, 1, 2)).to(ctx.param_dtypes[1])
-        return dx.to(x.dtype).permute(0, 3, 1, 2), dweight, dbias, None, None
+        return backward_from_x_hat(xhat, rstd, dy, weight, x.dtype,
+                                   ctx.param_dtypes) + (None, None)
 
 
 def layer_norm_2d_recompute(x, weight, bias, eps=1e-5, out_dtype=None):

@@ -431,8 +431,10 @@ def test_compiled_training_keeps_no_layer_norm_x_hat(monkeypatch):
     # transposed layout (docs/notes/2026-12-02.md); the compiled norms keep their input, mean and
     # rstd instead (layernorm_recompute.py): no mul(sub(x, mean), rsqrt(var)) among the tensors
     # the compiled forward saves
-    import torch._functorch.partitioners as partitioners
-    real = partitioners.min_cut_rematerialization_partition
+    import torch._functorch.config as functorch_config
+    import torch._inductor.compile_fx as compile_fx
+    import torch._inductor.config as inductor_config
+    real = compile_fx.min_cut_rematerialization_partition
     saved = []
 
     def spy(joint, *args, **kwargs):
@@ -447,10 +449,6 @@ def test_compiled_training_keeps_no_layer_norm_x_hat(monkeypatch):
             return False
         a, b = (str(getattr(arg, 'target', '')) for arg in node.args)
         return 'aten.sub' in a and 'aten.rsqrt' in b
-
-    import torch._functorch.config as functorch_config
-    import torch._inductor.compile_fx as compile_fx
-    import torch._inductor.config as inductor_config
 
     # inductor calls the partitioner through its own module's name; no cache may skip it
     monkeypatch.setattr(compile_fx, 'min_cut_rematerialization_partition', spy)

@@ -255,8 +255,8 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
     the last step), peak_gib), and with ``profile_steps`` (CUDA) a profile of that many training
     steps (``profile_train``), with ``host_profile_steps`` a cProfile of that many
     (``_profiling.host_profile``: pstats.Stats). ``cfg_options``: see :func:`build`."""
-    for spec in variants:
-        parse_variant(spec)  # a malformed variant fails before the model is built
+    # a malformed variant fails before the model is built
+    envs = {spec: parse_variant(spec) for spec in variants}
     model, wrapper = build(path, amp, cfg_options)
     batch = len(data['inputs'])
     on_gpu = torch.cuda.is_available()
@@ -267,14 +267,14 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
     if clock is not None:
         clock.remove()
     profiles, host_profiles = {}, {}
-    for spec in variants if profile_steps else ():
-        with environment(parse_variant(spec)):
-            profiles[spec] = profile_train(model, wrapper, data, profile_steps)
-    for spec in variants if host_profile_steps else ():
-        from _profiling import host_profile
-        with environment(parse_variant(spec)):
-            host_profiles[spec] = host_profile(lambda: model.train_step(data, wrapper),
-                                               host_profile_steps)
+    for spec in variants:
+        with environment(envs[spec]):
+            if profile_steps:
+                profiles[spec] = profile_train(model, wrapper, data, profile_steps)
+            if host_profile_steps:
+                from _profiling import host_profile
+                host_profiles[spec] = host_profile(lambda: model.train_step(data, wrapper),
+                                                   host_profile_steps)
     model.eval()
     dtype = getattr(torch, AMP[amp]) if amp != 'none' else None
     device = 'cuda' if on_gpu else 'cpu'
