@@ -154,8 +154,10 @@ def test_host_time_separates_launching_from_running():
 
 def test_backbone_with_cuda_graphs_trains_like_eager():
     # what `--cfg-options model.backbone.compile.mode=reduce-overhead` gives a task config:
-    # inductor and CUDA graphs; over a few AdamW steps under fp16 autocast the losses and the
-    # weights follow the eager model's
+    # inductor and CUDA graphs; over a few AdamW steps under fp16 autocast the losses follow the
+    # eager model's, and the first gradients are as near the float32 ones as eager fp16's are
+    # (both round differently: comparing the two fp16 runs directly measures rounding noise,
+    # 6% at the patch embedding's bias)
     from mmvmamba.models import VMamba
     torch.manual_seed(0)
     arch = dict(dims=32, depths=(1, 1, 2, 1))
@@ -167,6 +169,13 @@ def test_backbone_with_cuda_graphs_trains_like_eager():
     # fixed random read-outs: a sum of squares of normalised outputs would be constant, and its
     # gradients before the output norms rounding noise
     probes = [torch.randn(o.shape, device='cuda') for o in eager(x)]
+
+    def read_out(model):
+        return sum((o.float() * p).mean() for o, p in zip(model(x), probes))
+
+    eager.zero_grad()
+    read_out(eager).backward()
+    reference = [p.grad.clone() for p in eager.parameters()]  # float32, same weights
     losses, grads = {}, {}
     for name, model in (('eager', eager), ('graphed', graphed)):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -175,15 +184,18 @@ def test_backbone_with_cuda_graphs_trains_like_eager():
         for step in range(4):
             opt.zero_grad()
             with torch.autocast('cuda', dtype=torch.float16):
-                loss = sum((o.float() * p).mean() for o, p in zip(model(x), probes))
+                loss = read_out(model)
             losses[name].append(loss.item())
             scaler.scale(loss).backward()
-            if step == 0:  # the same weights: the same gradients, up to fp16 rounding
+            if step == 0:
                 grads[name] = [p.grad.float() / scaler.get_scale() for p in model.parameters()]
             scaler.step(opt)
             scaler.update()
     torch.testing.assert_close(torch.tensor(losses['graphed']), torch.tensor(losses['eager']),
                                rtol=2e-2, atol=1e-3)
     names = [n for n, _ in eager.named_parameters()]
-    for name, a, b in zip(names, grads['eager'], grads['graphed']):
-        assert ((b - a).norm() / a.norm().clamp_min(1e-12)).item() < 5e-2, name
+    for name, ref, a, b in zip(names, reference, grads['eager'], grads['graphed']):
+        scale = ref.norm().clamp_min(1e-12)
+        err_eager = ((a - ref).norm() / scale).item()
+        err_graphed = ((b - ref).norm() / scale).item()
+        assert err_graphed < max(3 * err_eager, 2e-2), (name, err_graphed, err_eager)

@@ -75,7 +75,9 @@ class VMamba(BaseModule):
             (``dynamic=False`` unless the dict sets it): fixed sizes (classification,
             segmentation crops) compile once; detection's many sizes each compile at first
             sight, up to torch's recompile limit, beyond which new sizes run eagerly.
-            Default: False.
+            Known defect (H200, torch 2.11): under fp16 autocast the compiled backward's
+            gradients were measured 4-13% from float32 where eager's are 0.1%
+            (docs/notes/2026-12-02.md); float32 is unaffected. Default: False.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH,
             prefix='backbone.')``; loads our checkpoints and the authors' released files
             (strict about shapes, missing/unexpected keys reported). Default: None.
