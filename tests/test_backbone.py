@@ -141,6 +141,22 @@ def test_bf16_autocast_stays_finite_and_close():
         assert torch.isfinite(p.grad).all()
 
 
+def test_ss2d_output_norm_takes_the_scan_float32_output_under_cpu_autocast():
+    # as on CUDA: under autocast the output norm gets the scan's float32 sum (a half-precision
+    # cast there would round the four directions' sum before normalising); without autocast
+    # the map's own dtype
+    from mmvmamba.models.ss2d import SS2D
+    torch.manual_seed(0)
+    seen = []
+    for model_dtype, amp in ((torch.float32, True), (torch.bfloat16, False)):
+        op = SS2D(16).to(model_dtype)
+        op.out_norm.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+        x = torch.randn(1, 16, 6, 6, dtype=model_dtype)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+            op(x)
+    assert seen == [torch.float32, torch.bfloat16]
+
+
 def test_frozen_stages_get_no_gradients():
     model = VMamba(SMALL, out_indices=(0, 1, 2, 3), frozen_stages=2).train()
     sum(o.mean() for o in model(torch.randn(1, 3, 32, 32))).backward()

@@ -77,7 +77,8 @@ class SS2D(nn.Module):
                       self.dt_projs_bias.float(), -torch.exp(self.A_logs.float()),
                       Bs.contiguous(), Cs.contiguous(), self.Ds.float(),
                       backend=self.scan_backend)
-        y = self.out_norm(y.to(x.dtype) if not torch.is_autocast_enabled() else y)
+        # under autocast the norm takes the scan's float32 output, as F.layer_norm would cast it
+        y = self.out_norm(y if torch.is_autocast_enabled(y.device.type) else y.to(x.dtype))
         if self.gate:
             y = y * F.silu(z)
         return self.dropout(self.out_proj(y))
