@@ -51,8 +51,10 @@ def main():
         compile_cfg, amp = RUNS[name]
         model = base
         if compile_cfg is not None:
+            if args.backend != 'inductor':
+                compile_cfg = dict(compile_cfg, backend=args.backend)
             model = VMamba(arch, out_indices=(0, 1, 2, 3), drop_path_rate=0.0,
-                           compile=dict(compile_cfg, backend=args.backend)).to(args.device)
+                           compile=compile_cfg).to(args.device)
             model.load_state_dict(base.state_dict())
             grads(model, amp)
         got = grads(model, amp)
