@@ -115,6 +115,53 @@ def test_layer_norm_2d_on_cuda_matches_float64():
     assert (out.cpu().double() - ref).abs().max() < 1e-4
 
 
+def _compiled_norm_grads_vs_float64(device, layout, in_dtype, conv_first):
+    """Largest relative difference (max abs / max abs of the reference) between the gradients of
+    a compiled LayerNorm2d (optionally after a 3x3 stride-2 convolution, as in the model's stem
+    and downsampling) under fp16 autocast and a float64 eager copy on the same input, for the
+    input and the norm's weight and bias."""
+    import copy
+    from mmvmamba.models.utils.layers import LayerNorm2d
+    torch.manual_seed(0)
+    channels = 64
+    model = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 3, 2, 1),
+                                LayerNorm2d(channels)).to(device)
+    if not conv_first:
+        model = model[1:]
+    norm = model[-1]
+    with torch.no_grad():
+        norm.weight.add_(torch.randn(channels, device=device) * 0.3)
+        norm.bias.add_(torch.randn(channels, device=device) * 0.3)
+    reference = copy.deepcopy(model).double()
+    x = torch.randn(2, channels, 32, 32, device=device).to(in_dtype)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    side = 16 if conv_first else 32
+    probe = torch.randn(2, channels, side, side, device=device, dtype=torch.float64)
+
+    def grads(fn, module, inp, amp):
+        inp = inp.detach().requires_grad_(True)
+        with torch.autocast(device, dtype=torch.float16, enabled=amp):
+            out = fn(inp)
+        (out.double() * probe).sum().mul(1024.).backward()
+        return [t.grad.double() / 1024. for t in (inp, module[-1].weight, module[-1].bias)]
+
+    ref = grads(reference, reference, x.double(), False)
+    got = grads(torch.compile(model), model, x, True)
+    return [((g - r).abs().max() / r.abs().max()).item() for g, r in zip(got, ref)]
+
+
+@pytest.mark.parametrize('conv_first', [False, True])
+@pytest.mark.parametrize('in_dtype', [torch.float16, torch.float32])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_compiled_layer_norm_2d_gradients_under_fp16_autocast(layout, in_dtype, conv_first):
+    # the norms as the compiled model runs them (kernels/layernorm_recompute.py inside
+    # torch.compile), with the half-precision input a convolution gives them under autocast:
+    # the compiled backbone's fp16 gradients were found wrong below the first such norm
+    errors = _compiled_norm_grads_vs_float64('cuda', layout, in_dtype, conv_first)
+    assert max(errors) < 1e-2, errors
+
+
 def test_mmcv_ops_run_on_cuda():
     from mmcv.ops import nms, roi_align
     boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.], [50., 50., 60., 60.]]).cuda()

@@ -9,7 +9,10 @@ The loss reads the four stages' outputs through fixed random probes (a sum of sq
 outputs would be constant); under fp16 it is scaled by 1024 for the backward. Each compiled
 model is called twice and the second call's gradients are kept (the first compiles; with CUDA
 graphs the second records). ``--backend`` is torch.compile's (``aot_eager``: autograd's
-traced graphs run by eager kernels, without inductor's code; not with CUDA graphs)."""
+traced graphs run by eager kernels, without inductor's code; not with CUDA graphs).
+``--contiguous-convs``: every convolution's input made contiguous (NCHW) first, so that no
+convolution (forward or backward) chooses its memory format from a channels-last input: to test
+whether the compiled graph and cuDNN disagree about a convolution's output layout."""
 import argparse
 
 import torch
@@ -28,9 +31,13 @@ def main():
     parser.add_argument('--dims', type=int, default=32)
     parser.add_argument('--runs', nargs='+', default=list(RUNS), choices=list(RUNS))
     parser.add_argument('--backend', default='inductor')
+    parser.add_argument('--contiguous-convs', action='store_true')
     args = parser.parse_args()
     if args.backend != 'inductor' and any(r.startswith('graphs') for r in args.runs):
         parser.error(f'--backend {args.backend}: CUDA graphs (the graphs* runs) need inductor')
+    if args.contiguous_convs:
+        conv_forward = torch.nn.Conv2d.forward
+        torch.nn.Conv2d.forward = lambda self, x: conv_forward(self, x.contiguous())
     torch.manual_seed(0)
     arch = dict(dims=args.dims, depths=(1, 1, 2, 1))
     base = VMamba(arch, out_indices=(0, 1, 2, 3), drop_path_rate=0.0).to(args.device)
