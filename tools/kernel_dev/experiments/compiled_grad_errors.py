@@ -39,8 +39,12 @@ def main():
         conv_forward = torch.nn.Conv2d.forward
         torch.nn.Conv2d.forward = lambda self, x: conv_forward(self, x.contiguous())
     torch.manual_seed(0)
-    arch = dict(dims=args.dims, depths=(1, 1, 2, 1))
-    base = VMamba(arch, out_indices=(0, 1, 2, 3), drop_path_rate=0.0).to(args.device)
+
+    def build(compile_cfg=False):
+        return VMamba(dict(dims=args.dims, depths=(1, 1, 2, 1)), out_indices=(0, 1, 2, 3),
+                      drop_path_rate=0.0, compile=compile_cfg).to(args.device)
+
+    base = build()
     x = torch.randn(2, 3, args.size, args.size, device=args.device)
     probes = [torch.randn(o.shape, device=args.device) for o in base(x)]
 
@@ -60,8 +64,7 @@ def main():
         if compile_cfg is not None:
             if args.backend != 'inductor':
                 compile_cfg = dict(compile_cfg, backend=args.backend)
-            model = VMamba(arch, out_indices=(0, 1, 2, 3), drop_path_rate=0.0,
-                           compile=compile_cfg).to(args.device)
+            model = build(compile_cfg)
             model.load_state_dict(base.state_dict())
             grads(model, amp)
         got = grads(model, amp)
