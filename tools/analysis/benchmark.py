@@ -26,6 +26,7 @@ import time
 import _common
 import torch
 from mmvmamba.analysis import measure_throughput
+from mmvmamba.models.utils import compile_model
 
 MODES = ('inference', 'train', 'train-optim')
 LAUNCHES = ('eager', 'graph', 'compile', 'compile-graph')
@@ -37,7 +38,7 @@ def build(cfg, device, launch):
     model = _common.build_plain_classifier(cfg).to(device)
     if launch.startswith('compile'):
         torch._dynamo.reset()
-        model = torch.compile(model, mode='reduce-overhead' if launch == 'compile-graph' else None)
+        model = compile_model(model, mode='reduce-overhead' if launch == 'compile-graph' else None)
     return model
 
 

@@ -32,6 +32,7 @@ import sys
 import _common
 import torch
 from mmvmamba.analysis import AMP_DTYPES
+from mmvmamba.models.utils import compile_model
 
 
 def relative_difference(ref, other):
@@ -88,7 +89,7 @@ def compare(model, x, amp, mode, tol, loss_scale='auto'):
     Returns {name: (difference, spread, passed, distance to the precise run)}."""
     scale = loss_scale_for(amp, loss_scale)
     twin = copy.deepcopy(model)
-    compiled = torch.compile(twin, mode=mode)
+    compiled = compile_model(twin, mode=mode)
     out_ref, grads_ref = run(model, x, amp, loss_scale=scale)
     if amp is not None:
         out_other, grads_other = run(model, x, None, loss_scale=scale)

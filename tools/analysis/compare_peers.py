@@ -32,6 +32,7 @@ import _common  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
 from mmvmamba.analysis import measure_throughput  # noqa: E402
+from mmvmamba.models.utils import compile_model  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'vmamba', 'vmamba-tiny_8xb128_in1k.py')
@@ -105,9 +106,9 @@ def _launch(model, launch):
     mode); ``compile-graphs``: ``torch.compile(mode='reduce-overhead')``, inductor's kernels
     replayed from CUDA graphs."""
     if launch == 'compile':
-        return torch.compile(model), None
+        return compile_model(model), None
     if launch == 'compile-graphs':
-        return (torch.compile(model, mode='reduce-overhead'),
+        return (compile_model(model, mode='reduce-overhead'),
                 torch.compiler.cudagraph_mark_step_begin)
     return model, None
 

@@ -21,6 +21,7 @@ import _common
 import torch
 from _profiling import device_us, kernel_totals, print_kernel_tables, step_device_us
 from mmvmamba.analysis import AMP_DTYPES
+from mmvmamba.models.utils import compile_model
 
 
 def main(argv=None):
@@ -44,7 +45,7 @@ def main(argv=None):
     model = _common.build_plain_classifier(cfg).cuda()
     model.train(args.mode == 'train')
     if args.compile:
-        model = torch.compile(model)
+        model = compile_model(model)
     images = torch.randn(args.batch, 3, *args.shape, device='cuda')
     dtype = AMP_DTYPES[args.amp]
 

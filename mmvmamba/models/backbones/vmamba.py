@@ -13,6 +13,7 @@ from mmvmamba.registry import MODELS
 
 from ..embed import PatchMerging2d, conv_downsample, conv_stem, patchify_stem
 from ..utils.checkpoint import load_backbone_checkpoint
+from ..utils.compile import vmamba_compile_kwargs
 from ..utils.layers import LayerNorm2d
 from ..vss_block import VSSBlock
 
@@ -75,9 +76,9 @@ class VMamba(BaseModule):
             (``dynamic=False`` unless the dict sets it): fixed sizes (classification,
             segmentation crops) compile once; detection's many sizes each compile at first
             sight, up to torch's recompile limit, beyond which new sizes run eagerly.
-            Known defect (H200, torch 2.11): under fp16 autocast the compiled backward's
-            gradients were measured 4-13% from float32 where eager's are 0.1%
-            (docs/notes/2026-12-02.md); float32 is unaffected. Default: False.
+            Inductor's layout optimisation is turned off (an option the dict sets wins): with
+            it, the compiled fp16 gradients were wrong on the H200
+            (``mmvmamba/models/utils/compile.py``). Default: False.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH,
             prefix='backbone.')``; loads our checkpoints and the authors' released files
             (strict about shapes, missing/unexpected keys reported). Default: None.
@@ -261,5 +262,5 @@ def _compiled_forward(cfg):
     cfg = dict(dict(dynamic=False), **cfg)
     key = repr(sorted(cfg.items()))
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(VMamba._forward, **cfg)
+        _COMPILED[key] = torch.compile(VMamba._forward, **vmamba_compile_kwargs(**cfg))
     return _COMPILED[key]

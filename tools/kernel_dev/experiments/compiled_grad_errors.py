@@ -32,6 +32,8 @@ def main():
     parser.add_argument('--runs', nargs='+', default=list(RUNS), choices=list(RUNS))
     parser.add_argument('--backend', default='inductor')
     parser.add_argument('--contiguous-convs', action='store_true')
+    parser.add_argument('--layout-optimization', action='store_true',
+                        help="inductor's layout optimisation on (VMamba's compile turns it off)")
     args = parser.parse_args()
     if args.backend != 'inductor' and any(r.startswith('graphs') for r in args.runs):
         parser.error(f'--backend {args.backend}: CUDA graphs (the graphs* runs) need inductor')
@@ -64,6 +66,8 @@ def main():
         if compile_cfg is not None:
             if args.backend != 'inductor':
                 compile_cfg = dict(compile_cfg, backend=args.backend)
+            elif args.layout_optimization:
+                compile_cfg = dict(compile_cfg, options=dict(layout_optimization=True))
             model = build(compile_cfg)
             model.load_state_dict(base.state_dict())
             grads(model, amp)
