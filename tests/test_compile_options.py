@@ -38,3 +38,33 @@ def test_compile_model_turns_the_option_on_only_for_models_holding_vmamba(monkey
     compile_model(torch.nn.Linear(2, 2), mode='reduce-overhead')
     assert calls == [{'options': {'triton.cudagraphs': True, 'layout_optimization': False}},
                      {'mode': 'reduce-overhead'}]
+
+
+@pytest.mark.parametrize('value, expected', [
+    ('True', {'options': {'layout_optimization': False}}),
+    ({'mode': 'reduce-overhead'},
+     {'options': {'triton.cudagraphs': True, 'layout_optimization': False}}),
+])
+def test_mmengine_compile_switch_of_a_vmamba_config_gets_the_option(value, expected, tmp_path):
+    # `tools/train.py CONFIG --cfg-options compile=True`: mmengine's runner compiles the whole
+    # train step with cfg.compile; for a VMamba model that must not use layout optimisation
+    import os.path as osp
+    import sys
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    sys.path.insert(0, osp.join(root, 'tools'))
+    from mmengine.config import Config
+    from train import build_config, parse_args
+    config = osp.join(root, 'configs', 'vmamba', 'vmamba-nano_1xb32_digits.py')
+    if isinstance(value, dict):
+        options = [f'compile.{k}={v}' for k, v in value.items()]
+    else:
+        options = [f'compile={value}']
+    cfg = build_config(parse_args([config, '--work-dir', str(tmp_path), '--cfg-options',
+                                   *options]))
+    assert cfg.compile == expected
+    cfg.dump(str(tmp_path / 'dumped.py'))  # what the runner writes to the work dir
+    assert Config.fromfile(str(tmp_path / 'dumped.py')).compile == expected
+    # another backbone's compile switch is left as mmengine takes it
+    other = build_config(parse_args([config, '--work-dir', str(tmp_path), '--cfg-options',
+                                     'model.backbone.type=ResNet', *options]))
+    assert other.compile == (True if value == 'True' else value)

@@ -6,6 +6,8 @@ import mmvmamba  # noqa: F401,I001  (compat fixes + model registration before an
 import torch
 from mmengine.config import Config
 
+from mmvmamba.models.utils import vmamba_compile_kwargs
+
 TASK_SCOPES = ('mmpretrain', 'mmdet', 'mmseg')
 
 
@@ -40,4 +42,18 @@ def load_task_config(args):
         cfg.model_wrapper_cfg = dict(wrapper, device_ids=None)
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    compile_cfg = cfg.get('compile')
+    if compile_cfg and _holds_vmamba(cfg):
+        # mmengine's own switch (``compile=True``: the runner compiles the whole train step)
+        # gets VMamba's compile arguments: inductor's layout optimisation off, which made the
+        # compiled fp16 gradients wrong (mmvmamba/models/utils/compile.py)
+        cfg.compile = vmamba_compile_kwargs(
+            **(compile_cfg if isinstance(compile_cfg, dict) else {}))
     return cfg
+
+
+def _holds_vmamba(cfg):
+    backbone = (cfg.get('model') or {}).get('backbone') or {}
+    kind = backbone.get('type') if isinstance(backbone, dict) else None
+    name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+    return name.split('.')[-1] == 'VMamba'
