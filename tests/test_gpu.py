@@ -157,8 +157,9 @@ def _compiled_norm_grads_vs_float64(device, layout, in_dtype, conv_first):
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
 def test_compiled_layer_norm_2d_gradients_under_fp16_autocast(layout, in_dtype, conv_first):
     # the norms as the compiled model runs them (kernels/layernorm_recompute.py inside
-    # torch.compile), with the half-precision input a convolution gives them under autocast:
-    # the compiled backbone's fp16 gradients were found wrong below the first such norm
+    # torch.compile), with the half-precision input a convolution gives them under autocast
+    # (first suspected when the compiled backbone's fp16 gradients went wrong; the cause was
+    # inductor's layout optimisation, mmvmamba/models/utils/compile.py)
     errors = _compiled_norm_grads_vs_float64('cuda', layout, in_dtype, conv_first)
     assert max(errors) < 1e-2, errors
 
@@ -205,7 +206,8 @@ def test_backbone_with_cuda_graphs_trains_like_eager():
     # inductor and CUDA graphs; over a few AdamW steps under fp16 autocast the losses follow the
     # eager model's, and the first gradients are as near the float32 ones as eager fp16's are
     # (both round differently: comparing the two fp16 runs directly measures rounding noise,
-    # 6% at the patch embedding's bias)
+    # 6% at the patch embedding's bias). With inductor's layout optimisation on, the graphed
+    # gradients were 10-22% away (mmvmamba/models/utils/compile.py)
     from mmvmamba.models import VMamba
     torch.manual_seed(0)
     arch = dict(dims=32, depths=(1, 1, 2, 1))
