@@ -151,7 +151,9 @@ def test_benchmark_compile_graph_marks_every_step(monkeypatch):
                            '--warmup', '1', '--repeats', '2', '--amp', 'none', '--modes',
                            'inference', '--launch', 'compile', 'compile-graph'])
     assert [r[2] for r in rows] == ['compile', 'compile-graph']
-    assert compiled == [{'mode': None}, {'mode': 'reduce-overhead'}]
+    # through compile_model: inductor's layout optimisation off for VMamba (the mode as options)
+    assert compiled == [{'options': {'layout_optimization': False}},
+                        {'options': {'triton.cudagraphs': True, 'layout_optimization': False}}]
     assert len(step_marks) == 3  # the warm-up and measured steps of compile-graph only
 
 
