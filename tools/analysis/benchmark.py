@@ -16,6 +16,9 @@ Launch (how the model's kernels reach the GPU; each named one is measured):
 * ``compile``: ``torch.compile(model)`` (inductor, default mode; compiled in the warm-up steps).
 * ``compile-graph``: ``torch.compile(model, mode='reduce-overhead')`` (inductor + CUDA graphs).
 
+Both compile through ``mmvmamba.models.utils.compile_model`` (inductor's layout optimisation off
+for VMamba).
+
 Each result is printed as soon as it is measured, then all of them as a table; its last column
 is each row's wall time, compilation included.
 """

@@ -104,7 +104,8 @@ def _launch(model, launch):
     """The module to measure and the hook to call before each step. ``graph``: CUDA graphs
     captured by :func:`measure_throughput`; ``compile``: ``torch.compile`` (inductor, default
     mode); ``compile-graphs``: ``torch.compile(mode='reduce-overhead')``, inductor's kernels
-    replayed from CUDA graphs."""
+    replayed from CUDA graphs. Models holding VMamba are compiled through ``compile_model``
+    (inductor's layout optimisation off: mmvmamba/models/utils/compile.py)."""
     if launch == 'compile':
         return compile_model(model), None
     if launch == 'compile-graphs':

@@ -3,7 +3,7 @@
 Inductor's layout optimisation (chosen per graph by a heuristic over its convolutions; on the
 GPU it makes them and their neighbours channels-last) made the first-step gradients of a
 compiled VMamba wrong under fp16 autocast on the H200 (torch 2.11): up to 17% from the float32
-ones (22% with CUDA graphs) below the last stage, where eager fp16 is at 0.1%
+ones (22% with CUDA graphs) below the last stage, where eager fp16 is within 0.7% (median 0.13%)
 (docs/notes/2026-12-02.md). With it off the same model is right; so is each of its modules
 compiled alone with it forced on, and so were float32 graphs. Every compile of VMamba in this
 repository therefore goes through :func:`vmamba_compile_kwargs`, and :func:`compile_model`
