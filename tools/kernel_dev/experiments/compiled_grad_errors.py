@@ -4,6 +4,7 @@ each against the eager float32 gradients (relative L2 error per parameter).
 
     python tools/kernel_dev/experiments/compiled_grad_errors.py [--device cuda] [--size 128]
         [--runs eager16 compile32 compile16 graphs32 graphs16] [--backend aot_eager]
+        [--contiguous-convs] [--layout-optimization]
 
 The loss reads the four stages' outputs through fixed random probes (a sum of squared normalised
 outputs would be constant); under fp16 it is scaled by 1024 for the backward. Each compiled
@@ -12,7 +13,10 @@ graphs the second records). ``--backend`` is torch.compile's (``aot_eager``: aut
 traced graphs run by eager kernels, without inductor's code; not with CUDA graphs).
 ``--contiguous-convs``: every convolution's input made contiguous (NCHW) first, so that no
 convolution (forward or backward) chooses its memory format from a channels-last input: to test
-whether the compiled graph and cuDNN disagree about a convolution's output layout."""
+whether the compiled graph and cuDNN disagree about a convolution's output layout (they did
+not: the errors stayed). ``--layout-optimization``: inductor's layout optimisation back on (the
+backbone's compile turns it off, mmvmamba/models/utils/compile.py), to reproduce the wrong fp16
+gradients it gave on the H200."""
 import argparse
 
 import torch
