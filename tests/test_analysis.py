@@ -279,8 +279,7 @@ def test_downstream_variants_take_turns_in_their_environment(monkeypatch):
         return seen[-1]
 
     variants = ['default', 'MMVMAMBA_TEST_VARIANT=a', 'MMVMAMBA_TEST_VARIANT=b,OTHER_VAR=1']
-    results = downstream_steps._alternate(step, variants, warmup=1, repeats=2, rounds=2,
-                                          on_gpu=False)
+    results = downstream_steps._alternate(step, variants, warmup=1, repeats=2, rounds=2)
     # warm-up once each, then two rounds of two calls per variant, in turn
     turn = [None, None, 'a', 'a', 'b', 'b']
     assert seen == [None, 'a', 'b'] + turn + turn
@@ -290,6 +289,46 @@ def test_downstream_variants_take_turns_in_their_environment(monkeypatch):
     assert 'MMVMAMBA_TEST_VARIANT' not in os.environ and 'OTHER_VAR' not in os.environ
     with pytest.raises(ValueError, match="'VAR'"):
         downstream_steps.parse_variant('A=1,VAR')
+
+
+class _AllocationLog:
+    """The memory interface of ``_alternate`` over allocations the steps report."""
+
+    def __init__(self):
+        self.live, self.peak = 0, 0
+
+    def allocate(self, gib):
+        self.live += gib
+        self.peak = max(self.peak, self.live)
+        self.live -= gib
+
+    def reset(self):
+        self.peak = self.live
+
+    def peak_gib(self):
+        return self.peak
+
+
+def test_downstream_peak_memory_counts_what_the_warm_up_allocates():
+    # a CUDA graph allocates while it is recorded (in the warm-up), never when it is replayed
+    import downstream_steps
+    log = _AllocationLog()
+    calls = {'default': 0, 'A_VARIANT=1': 0}
+
+    def step():
+        spec = 'A_VARIANT=1' if os.environ.get('A_VARIANT') else 'default'
+        calls[spec] += 1
+        if calls[spec] == 1:  # the recording
+            log.allocate(5.0 if spec == 'default' else 3.0)
+        log.allocate(1.0)
+
+    results = downstream_steps._alternate(step, list(calls), warmup=2, repeats=2, rounds=2,
+                                          memory=log)
+    assert results['default']['peak'] == 5.0
+    assert results['A_VARIANT=1']['peak'] == 3.0
+    results = downstream_steps._alternate(step, list(calls), warmup=1, repeats=1, rounds=1,
+                                          memory=log)
+    assert results['default']['peak'] == 1.0  # recorded before: the steps only replay
 
 
 def test_forward_clock_times_each_forward_of_its_module():

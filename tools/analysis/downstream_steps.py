@@ -203,30 +203,46 @@ class ForwardClock:
             hook.remove()
 
 
-def _alternate(step, variants, warmup, repeats, rounds, on_gpu, clock=None):
+class CudaPeakMemory:
+    """Peak GPU memory allocated since the last ``reset()``, in GiB."""
+
+    def reset(self):
+        torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib(self):
+        return torch.cuda.max_memory_allocated() / 2**30
+
+
+def _alternate(step, variants, warmup, repeats, rounds, memory=None, clock=None):
     """Per variant: the step's times over ``rounds`` rounds of ``repeats`` calls, the variants
     taking turns each round (drift of the machine spreads over all of them), after ``warmup``
-    calls each; the peak GPU memory of its calls; the last output; with a ``ForwardClock``,
-    the forward times it took during the variant's timed calls."""
+    calls each; the peak memory of its calls, warm-up included (``memory``: a
+    :class:`CudaPeakMemory` or None; a CUDA graph allocates its memory once, while it is
+    recorded in the warm-up, and its replays allocate nothing); the last output; with a
+    ``ForwardClock``, the forward times it took during the variant's timed calls."""
     results = {spec: dict(times=[], peak=0.0, out=None, clock=[]) for spec in variants}
     envs = {spec: parse_variant(spec) for spec in variants}
-    for spec in variants:
+
+    def calls(spec, count):
         with environment(envs[spec]):
-            _step_times(step, warmup)
+            if memory is not None:
+                memory.reset()
+            if clock is not None:
+                clock.times.clear()
+            times, out = _step_times(step, count)
+        if memory is not None:
+            results[spec]['peak'] = max(results[spec]['peak'], memory.peak_gib())
+        return times, out
+
+    for spec in variants:
+        calls(spec, warmup)
     for _ in range(rounds):
         for spec in variants:
-            with environment(envs[spec]):
-                if on_gpu:
-                    torch.cuda.reset_peak_memory_stats()
-                if clock is not None:
-                    clock.times.clear()
-                times, out = _step_times(step, repeats)
+            times, out = calls(spec, repeats)
             result = results[spec]
             result['times'] += times
             result['clock'] += clock.times if clock is not None else []
             result['out'] = out
-            if on_gpu:
-                result['peak'] = max(result['peak'], torch.cuda.max_memory_allocated() / 2**30)
     return results
 
 
@@ -263,7 +279,7 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
     model.train()
     clock = ForwardClock(model.backbone) if hasattr(model, 'backbone') else None
     train = _alternate(lambda: model.train_step(data, wrapper), variants, warmup, repeats,
-                       rounds, on_gpu, clock)
+                       rounds, CudaPeakMemory() if on_gpu else None, clock)
     if clock is not None:
         clock.remove()
     profiles, host_profiles = {}, {}
@@ -283,7 +299,7 @@ def measure(path, data, amp='fp16', warmup=2, repeats=6, profile_steps=0,
         with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
             return model.test_step(data)
 
-    infer = _alternate(infer, variants, warmup, repeats, rounds, False)
+    infer = _alternate(infer, variants, warmup, repeats, rounds)
     params = sum(p.numel() for p in model.parameters())
     options = ' '.join(f'{k}={v}' for k, v in (cfg_options or {}).items()
                        if takes_options(path))
