@@ -413,3 +413,46 @@ def test_downstream_host_profile_prints_packages_and_functions(capsys):
     out = capsys.readouterr().out
     assert '| mmvmamba (model) |' in out and '| function (top 5 by own time) |' in out, out
     assert 'host time under cProfile' in out
+
+
+class _ScaledMlp(torch.nn.Module):
+    """fc1 -> GELU -> a linear layer whose weight is computed from a parameter (as autocast's
+    weight copies are)."""
+
+    def __init__(self, dim=6, hidden=10):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(dim, hidden)
+        self.act = torch.nn.GELU()
+        self.w2 = torch.nn.Parameter(torch.randn(dim, hidden))
+
+    def forward(self, x):
+        return torch.nn.functional.linear(self.act(self.fc1(x)), self.w2 * 2.0)
+
+
+def test_saved_activations_attributes_each_saved_tensor_to_its_module():
+    import saved_activations
+    model = _ScaledMlp()
+    batch, dim, hidden = 5, 6, 10
+    result = saved_activations.saved_by_module(model, torch.randn(batch, dim))
+    f32 = 4
+    # fc1 keeps its input, GELU its input (fc1's output); the last linear, run by the model
+    # itself, keeps GELU's output
+    assert result['activations'] == {
+        ('fc1', 'float32'): batch * dim * f32,
+        ('act', 'float32'): batch * hidden * f32,
+        ('(model)', 'float32'): batch * hidden * f32}
+    # fc1's weight (a view of the parameter) and w2 * 2 (computed from a parameter alone)
+    assert result['weights'] == 2 * dim * hidden * f32
+
+
+def test_saved_activations_compares_vmamba_with_a_peer(capsys):
+    import saved_activations
+    results = saved_activations.main([DIGITS, '--peers', 'convnext-tiny', '--batch', '2',
+                                      '--shape', '32', '32', '--amp', 'bf16'])
+    assert len(results) == 2
+    vmamba, convnext = results.values()
+    groups = {group for group, _ in vmamba['activations']}
+    assert {'backbone.layers.blocks.op.in_proj', 'backbone.layers.blocks.mlp.fc1'} <= groups
+    assert any(group.startswith('backbone.stages') for group, _ in convnext['activations'])
+    out = capsys.readouterr().out
+    assert 'MiB of activations per image' in out and '| backbone.layers.blocks.op' in out
