@@ -445,6 +445,20 @@ def test_saved_activations_attributes_each_saved_tensor_to_its_module():
     assert result['weights'] == 2 * dim * hidden * f32
 
 
+def test_saved_activations_of_the_compiled_forward():
+    import saved_activations
+    model = _ScaledMlp()
+    batch, dim, hidden = 5, 6, 10
+    result = saved_activations.saved_by_compiled_module(model, torch.randn(batch, dim))
+    activations = result['activations']
+    # the input (fc1's weight gradient needs it; a graph input has no module) and fc1's output
+    # (a matmul is not recomputed); GELU's output may be kept or recomputed
+    assert activations[('(model)', 'float32')] == batch * dim * 4
+    assert activations[('fc1', 'float32')] == batch * hidden * 4
+    assert set(activations) <= {('(model)', 'float32'), ('fc1', 'float32'), ('act', 'float32')}
+    assert result['weights'] > 0
+
+
 def test_saved_activations_compares_vmamba_with_a_peer(capsys):
     import saved_activations
     results = saved_activations.main([DIGITS, '--peers', 'convnext-tiny', '--batch', '2',

@@ -13,12 +13,16 @@ not grow with the batch.
     python tools/analysis/saved_activations.py configs/vmamba/vmamba-small_8xb128_in1k.py \\
         --peers swin-small --device cuda --amp fp16
 
-Eager mode only (under ``torch.compile`` the partitioner decides what is kept). What is saved
+``--compile``: what the forward compiled by ``torch.compile`` keeps instead (inductor's
+partitioner decides what to keep and what the backward recomputes): the tensors each compiled
+forward graph passes to its backward, by the module their operation came from. What is saved
 depends on the device: on the CPU the norms, the scan and autocast's casts take other paths than
-on CUDA, so compare models on the device they train on.
+on CUDA (``VMAMBA_SCAN_BACKEND=triton`` with ``TRITON_INTERPRET=1`` runs VMamba's GPU paths on
+the CPU, slowly: use a small ``--shape``), so compare models on the device they train on.
 """
 import argparse
 import collections
+import contextlib
 import os.path as osp
 import sys
 
@@ -29,10 +33,16 @@ import compare_peers  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
 from mmvmamba.analysis import AMP_DTYPES  # noqa: E402
+from mmvmamba.models.utils import compile_model  # noqa: E402
 
 
 def _group(name):
-    return '.'.join(part for part in name.split('.') if not part.isdigit()) or '(model)'
+    """A module path without its indices: 'backbone.layers.0.blocks.1.op' and dynamo's
+    "L['self'].backbone.layers[0].blocks[1].op" -> 'backbone.layers.blocks.op'."""
+    if name.startswith("L['"):
+        name = name.split('.', 1)[1] if '.' in name else ''
+    name = name.replace('[', '.').replace(']', '')
+    return '.'.join(part for part in name.split('.') if part and not part.isdigit()) or '(model)'
 
 
 class _InputReach:
@@ -116,9 +126,95 @@ def saved_by_module(model, x, amp=None):
     return dict(activations=dict(activations), weights=weights)
 
 
-def table(label, result, batch, scale_batch, top):
+@contextlib.contextmanager
+def _partitions():
+    """The (forward graph, tensors it saves for the backward) of every graph inductor
+    partitions meanwhile; its caches off, so that nothing is skipped."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.compile_fx as compile_fx
+    import torch._inductor.config as inductor_config
+    real = compile_fx.min_cut_rematerialization_partition
+    found = []
+
+    def spy(joint, inputs, *args, **kwargs):
+        forward, backward = real(joint, inputs, *args, **kwargs)
+        output, = [n for n in forward.graph.nodes if n.op == 'output']
+        found.append((forward, output.args[0][kwargs['num_fwd_outputs']:]))
+        return forward, backward
+
+    saved_config = (functorch_config.enable_autograd_cache, inductor_config.fx_graph_cache)
+    compile_fx.min_cut_rematerialization_partition = spy  # inductor calls it by this name
+    functorch_config.enable_autograd_cache = inductor_config.fx_graph_cache = False
+    try:
+        yield found
+    finally:
+        compile_fx.min_cut_rematerialization_partition = real
+        functorch_config.enable_autograd_cache, inductor_config.fx_graph_cache = saved_config
+
+
+def _node_bytes(node):
+    value = node.meta.get('val')
+    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
+
+
+def _like_data(value, x):
+    return value.shape == x.shape or (value.dim() >= 3 and value.shape[0] == x.shape[0])
+
+
+def _module_of(node):
+    """The module group of a graph node's operation; for nodes without dynamo's module stack
+    (views the partitioner adds) that of the nearest input that has one."""
+    queue, seen = [node], {node}
+    while queue:
+        current = queue.pop(0)
+        stack = current.meta.get('nn_module_stack')
+        if stack:
+            return _group(list(stack.values())[-1][0])
+        for n in current.all_input_nodes:
+            if n not in seen:
+                seen.add(n)
+                queue.append(n)
+    return '(model)'
+
+
+def saved_by_compiled_module(model, x, amp=None, **compile_cfg):
+    """As :func:`saved_by_module`, for ``model`` compiled by ``torch.compile`` (through
+    ``compile_model``, with ``compile_cfg``): the tensors each compiled forward graph keeps for
+    its backward, given to the module their operation came from (dynamo's module stack).
+    Activations depend on a graph input shaped like the input, or like a batch of maps (those a
+    graph after a graph break starts from); weights on parameters alone."""
+    dtype = AMP_DTYPES[amp]
+    activations, weights = collections.Counter(), 0
+    model.train()
+    with _partitions() as found:
+        compiled = compile_model(model, **compile_cfg)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            out = compiled(x)
+    del out
+    if not found:
+        raise RuntimeError('torch.compile partitioned no graph: nothing was traced for training')
+    for forward, saved in found:
+        data = {n for n in forward.graph.nodes if n.op == 'placeholder'
+                and isinstance(n.meta.get('val'), torch.Tensor) and _like_data(n.meta['val'], x)}
+        depends = {}
+        for node in forward.graph.nodes:  # in topological order
+            depends[node] = node in data or any(depends[n] for n in node.all_input_nodes)
+        for node in saved:
+            if not hasattr(node, 'op') or not _node_bytes(node):
+                continue  # sizes and other non-tensor values
+            if not depends[node]:
+                weights += _node_bytes(node)
+                continue
+            group = _module_of(node)
+            dtype_name = str(node.meta['val'].dtype).replace('torch.', '')
+            activations[(group, dtype_name)] += _node_bytes(node)
+    return dict(activations=dict(activations), weights=weights)
+
+
+def table(label, result, batch, scale_batch, top, compiled=False):
     per_image = {k: v / batch for k, v in result['activations'].items()}
     total = sum(per_image.values())
+    label += ' (compiled)' if compiled else ''
     lines = [f'### {label}: {total / 2**20:.1f} MiB of activations per image (at batch '
              f'{scale_batch}: {total * scale_batch / 2**30:.2f} GiB); weights and their copies '
              f"{result['weights'] / 2**20:.1f} MiB", '',
@@ -148,6 +244,8 @@ def parse_args(argv=None):
     parser.add_argument('--scale-batch', type=int, default=128,
                         help='also state the total at this batch (default: 128)')
     parser.add_argument('--top', type=int, default=20, help='rows per model (default: 20)')
+    parser.add_argument('--compile', action='store_true',
+                        help='what the forward compiled by torch.compile keeps')
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error(f'--batch must be at least 1, got {args.batch}')
@@ -162,9 +260,10 @@ def main(argv=None):
     results = {}
     for label, build in compare_peers.models_to_compare(args):
         model = build().to(device)
-        results[label] = saved_by_module(model, x, args.amp)
-        print(table(label, results[label], args.batch, args.scale_batch, args.top) + '\n',
-              flush=True)
+        measure = saved_by_compiled_module if args.compile else saved_by_module
+        results[label] = measure(model, x, args.amp)
+        print(table(label, results[label], args.batch, args.scale_batch, args.top,
+                    args.compile) + '\n', flush=True)
         del model
     return results
 
