@@ -157,6 +157,41 @@ def test_ss2d_output_norm_takes_the_scan_float32_output_under_cpu_autocast():
     assert seen == [torch.float32, torch.bfloat16]
 
 
+def test_ss2d_x_projection_keeps_the_map_the_scan_gets(monkeypatch):
+    # the x projection's weight gradient needs the scan's input map: autograd keeps that map
+    # itself, not a permuted copy (one map of d_inner channels fewer per block); the projection
+    # equals the per-direction product x_proj_weight[k] @ x
+    import mmvmamba.models.ss2d as ss2d_module
+    torch.manual_seed(0)
+    op = ss2d_module.SS2D(8, ssm_ratio=2.0)  # d_inner 16: maps of d_inner channels stand out
+    x = torch.randn(2, 8, 5, 6)
+    scan_inputs, saved = [], []
+    real_scan = ss2d_module.ss2d_scan
+
+    def scan(x, dt_low, *args, **kwargs):
+        scan_inputs.append((x, dt_low))
+        return real_scan(x, dt_low, *args, **kwargs)
+
+    monkeypatch.setattr(ss2d_module, 'ss2d_scan', scan)
+
+    def pack(t):
+        if not scan_inputs:  # kept before the scan ran: the projection and what precedes it
+            saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast('cpu', dtype=torch.bfloat16):
+        op(x)
+    scanned, dt_low = scan_inputs[0]
+    maps = {t.untyped_storage().data_ptr() for t in saved
+            if t.numel() == scanned.numel() and t.dtype == scanned.dtype}
+    # the depthwise conv's input, SiLU's input, and the scan's input (kept by the projection)
+    assert len(maps) == 3 and scanned.untyped_storage().data_ptr() in maps
+    expected = torch.einsum('kjc,bcl->bkjl', op.x_proj_weight.double(),
+                            scanned.double().flatten(2))[:, :, :op.dt_rank]
+    assert torch.allclose(dt_low.double(), expected, rtol=2e-2, atol=2e-2)
+
+
 def test_frozen_stages_get_no_gradients():
     model = VMamba(SMALL, out_indices=(0, 1, 2, 3), frozen_stages=2).train()
     sum(o.mean() for o in model(torch.randn(1, 3, 32, 32))).backward()

@@ -69,11 +69,17 @@ class SS2D(nn.Module):
         x = self.in_proj(x)
         if self.gate:
             x, z = x.chunk(2, dim=1)
-        x = self.act(self.conv2d(x))
-        batch, _, height, width = x.shape
-        proj = torch.einsum('kjc,bcl->bkjl', self.x_proj_weight.to(x.dtype), x.flatten(2))
+        # channel-first, as the scan reads it (a channels-last convolution output is copied once)
+        x = self.act(self.conv2d(x)).contiguous()
+        batch, channels, height, width = x.shape
+        # the x projection of all directions as one batched GEMM on x as it is: autograd then
+        # keeps x itself for the weight's gradient (the storage the scan keeps too), where an
+        # einsum would keep a permuted copy of it
+        weight = self.x_proj_weight.to(x.dtype).reshape(-1, channels)
+        proj = torch.bmm(weight.expand(batch, -1, -1), x.flatten(2))
+        proj = proj.view(batch, NUM_DIRECTIONS, -1, height * width)
         dt_low, Bs, Cs = proj.split([self.dt_rank, self.d_state, self.d_state], dim=2)
-        y = ss2d_scan(x.contiguous(), dt_low.contiguous(), self.dt_projs_weight.float(),
+        y = ss2d_scan(x, dt_low.contiguous(), self.dt_projs_weight.float(),
                       self.dt_projs_bias.float(), -torch.exp(self.A_logs.float()),
                       Bs.contiguous(), Cs.contiguous(), self.Ds.float(),
                       backend=self.scan_backend)
