@@ -157,8 +157,8 @@ def _node_bytes(node):
     return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
 
 
-def _like_data(value, x):
-    return value.shape == x.shape or (value.dim() >= 3 and value.shape[0] == x.shape[0])
+def _like_maps(value, x):
+    return value.dim() >= 3 and value.shape[0] == x.shape[0]
 
 
 def _module_of(node):
@@ -181,8 +181,8 @@ def saved_by_compiled_module(model, x, amp=None, **compile_cfg):
     """As :func:`saved_by_module`, for ``model`` compiled by ``torch.compile`` (through
     ``compile_model``, with ``compile_cfg``): the tensors each compiled forward graph keeps for
     its backward, given to the module their operation came from (dynamo's module stack).
-    Activations depend on a graph input shaped like the input, or like a batch of maps (those a
-    graph after a graph break starts from); weights on parameters alone."""
+    Activations depend on the graph input shaped like ``x`` or, in a graph without one (after a
+    graph break), on the inputs shaped like a batch of maps; weights on parameters alone."""
     dtype = AMP_DTYPES[amp]
     activations, weights = collections.Counter(), 0
     model.train()
@@ -194,8 +194,10 @@ def saved_by_compiled_module(model, x, amp=None, **compile_cfg):
     if not found:
         raise RuntimeError('torch.compile partitioned no graph: nothing was traced for training')
     for forward, saved in found:
-        data = {n for n in forward.graph.nodes if n.op == 'placeholder'
-                and isinstance(n.meta.get('val'), torch.Tensor) and _like_data(n.meta['val'], x)}
+        inputs = [n for n in forward.graph.nodes if n.op == 'placeholder'
+                  and isinstance(n.meta.get('val'), torch.Tensor)]
+        data = ({n for n in inputs if n.meta['val'].shape == x.shape}
+                or {n for n in inputs if _like_maps(n.meta['val'], x)})
         depends = {}
         for node in forward.graph.nodes:  # in topological order
             depends[node] = node in data or any(depends[n] for n in node.all_input_nodes)
