@@ -186,6 +186,18 @@ def test_compare_peers_measures_every_model_and_case_against_the_reference(tmp_p
         compare_peers.build_peer('resnet-50')
 
 
+def test_compare_peers_builds_mmpretrain_peers_under_another_default_scope():
+    # a process that ran mmseg (or mmdet) first has that default scope: the peers are still
+    # mmpretrain's
+    import compare_peers
+    import mmseg.models  # noqa: F401
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = compare_peers.build_peer('convnext-tiny')
+        assert DefaultScope.get_current_instance().scope_name == 'mmseg'
+    assert type(model.backbone).__module__.startswith('mmpretrain.')
+
+
 def test_compare_peers_builds_a_fresh_model_for_every_launch_mode(monkeypatch):
     # capturing training graphs replaces the module's forward: a model shared between launch
     # modes made the 'compile' rows measure the graphs captured for the 'graph' rows

@@ -68,11 +68,15 @@ def build_peer(name):
     if family not in PEER_TYPES or not arch:
         raise ValueError(f'peer {name!r} is not <family>-<arch> with family in '
                          f'{sorted(PEER_TYPES)} (e.g. swin-tiny, convnext-base)')
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
     cfg = dict(type=PEER_TYPES[family], arch=arch)
     if family == 'swin':
         cfg.update(img_size=224, out_indices=(3, ))
-    backbone = MODELS.build(cfg)
+    # mmpretrain's types, whichever OpenMMLab scope the process set before (mmseg's registry,
+    # say, would look for them among its own)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        backbone = MODELS.build(cfg)
     return PooledClassifier(backbone, _last_channels(backbone))
 
 
