@@ -168,17 +168,23 @@ def table(rows, reference):
     return '\n'.join(lines)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_arguments(parser, peers):
+    """The models to compare (read by :func:`models_to_compare`): VMamba configs, their
+    ``--cfg-options``, ``--peers`` (default ``peers``) and ``--timm``."""
     parser.add_argument('configs', nargs='*', default=[DEFAULT_CONFIG],
                         help='VMamba configs (default: VMamba-T)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='overrides of the VMamba configs, e.g. '
                         'model.backbone.recompute_mlp_act=True (shown in the model label)')
-    parser.add_argument('--peers', nargs='*', default=['swin-tiny', 'convnext-tiny'],
+    parser.add_argument('--peers', nargs='*', default=list(peers),
                         help='mmpretrain backbones as <family>-<arch>')
     parser.add_argument('--timm', nargs='*', default=[], help='timm model names')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser, peers=('swin-tiny', 'convnext-tiny'))
     parser.add_argument('--reference', help='model label the ratios are taken against '
                         '(default: the first peer)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')

@@ -30,7 +30,6 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import compare_peers  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
 
 from mmvmamba.analysis import AMP_DTYPES  # noqa: E402
 from mmvmamba.models.utils import compile_model  # noqa: E402
@@ -230,14 +229,7 @@ def table(label, result, batch, scale_batch, top, compiled=False):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('configs', nargs='*', default=[compare_peers.DEFAULT_CONFIG],
-                        help='VMamba configs (default: VMamba-T)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='overrides of the VMamba configs, e.g. '
-                        'model.backbone.memory_efficient_norm=True')
-    parser.add_argument('--peers', nargs='*', default=['swin-tiny'],
-                        help='mmpretrain backbones as <family>-<arch>')
-    parser.add_argument('--timm', nargs='*', default=[], help='timm model names')
+    compare_peers.add_model_arguments(parser, peers=('swin-tiny', ))
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--amp', choices=sorted(k for k in AMP_DTYPES if k), default=None,
                         help='autocast dtype (default: none)')
