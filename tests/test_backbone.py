@@ -480,22 +480,16 @@ def test_config_option_reaches_torch_compile(monkeypatch):
     assert len(outs) == len(model.out_indices)
 
 
-def test_compiled_training_keeps_no_layer_norm_x_hat(monkeypatch):
+def test_compiled_training_keeps_no_layer_norm_x_hat():
     # inductor stored the x-hat maps a compiled F.layer_norm kept for the backward in a
     # transposed layout (docs/notes/2026-12-02.md); the compiled norms keep their input, mean and
     # rstd instead (layernorm_recompute.py): no mul(sub(x, mean), rsqrt(var)) among the tensors
-    # the compiled forward saves
-    import torch._functorch.config as functorch_config
-    import torch._inductor.compile_fx as compile_fx
-    import torch._inductor.config as inductor_config
-    real = compile_fx.min_cut_rematerialization_partition
-    saved = []
-
-    def spy(joint, *args, **kwargs):
-        forward, backward = real(joint, *args, **kwargs)
-        output, = [n for n in forward.graph.nodes if n.op == 'output']
-        saved.extend(n for n in output.args[0] if getattr(n, 'op', '') == 'call_function')
-        return forward, backward
+    # the compiled forward outputs (what it saves for the backward included)
+    import os.path as osp
+    import sys
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools',
+                                'analysis'))
+    from saved_activations import compiled_partitions
 
     def is_x_hat(node):
         target = str(node.target)
@@ -504,15 +498,14 @@ def test_compiled_training_keeps_no_layer_norm_x_hat(monkeypatch):
         a, b = (str(getattr(arg, 'target', '')) for arg in node.args)
         return 'aten.sub' in a and 'aten.rsqrt' in b
 
-    # inductor calls the partitioner through its own module's name; no cache may skip it
-    monkeypatch.setattr(compile_fx, 'min_cut_rematerialization_partition', spy)
-    monkeypatch.setattr(functorch_config, 'enable_autograd_cache', False)
-    monkeypatch.setattr(inductor_config, 'fx_graph_cache', False)
     torch.manual_seed(0)
-    model = VMamba(dict(dims=16, depths=(1, 1, 1, 1)), out_indices=(3, ), drop_path_rate=0.0,
-                   compile=dict(mode='default'))  # a cfg of its own: compiled afresh
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = model(torch.randn(1, 3, 64, 64))
+    with compiled_partitions() as found:  # inductor's partitions, its caches off
+        model = VMamba(dict(dims=16, depths=(1, 1, 1, 1)), out_indices=(3, ),
+                       drop_path_rate=0.0, compile=dict(mode='default'))  # compiled afresh
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = model(torch.randn(1, 3, 64, 64))
     out[0].float().sum().backward()
-    assert saved, 'the spy saw no compiled forward'
+    assert found, 'no compiled forward was partitioned'
+    outputs = [n for forward, _ in found for n in forward.graph.output_node().args[0]]
+    saved = [n for n in outputs if getattr(n, 'op', '') == 'call_function']
     assert not [n.name for n in saved if is_x_hat(n)]

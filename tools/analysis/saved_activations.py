@@ -126,7 +126,7 @@ def saved_by_module(model, x, amp=None):
 
 
 @contextlib.contextmanager
-def _partitions():
+def compiled_partitions():
     """The (forward graph, tensors it saves for the backward) of every graph inductor
     partitions meanwhile; its caches off, so that nothing is skipped."""
     import torch._functorch.config as functorch_config
@@ -185,7 +185,7 @@ def saved_by_compiled_module(model, x, amp=None, **compile_cfg):
     dtype = AMP_DTYPES[amp]
     activations, weights = collections.Counter(), 0
     model.train()
-    with _partitions() as found:
+    with compiled_partitions() as found:
         compiled = compile_model(model, **compile_cfg)
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             out = compiled(x)
