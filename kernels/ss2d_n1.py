@@ -697,7 +697,9 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     ``whole_map`` True runs the kernels of ``ss2d_n1_map.py`` instead, which hold whole (small)
     maps per program (``map_block_c`` channels, ``map_num_warps`` warps; ``transpose_columns``
     does not apply); None: when the padded map has at most ``$VMAMBA_WHOLE_MAP_POSITIONS``
-    positions (default 0: never, see ``ss2d_n1_map.MAX_MAP_POSITIONS``).
+    positions (default: 64 when no gradient is wanted, else 0, never; see
+    ``ss2d_n1_map.map_fits``) and no tile of the chunked kernels nor ``transpose_columns`` is
+    given.
 
     ``segments`` / ``bwd_segments`` (in ``tiles``; transposed column walks only) split each
     direction's walk into that many runs of chunks, walked by different programs from the state
@@ -710,10 +712,15 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     cfg, bwd_cfg = n1_launch_config(length, **tiles)
     if project_first is None:
         project_first = dt_weight.shape[2] >= PROJECT_FROM_RANK
+    inference = not (torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)))
     if whole_map is None:
-        whole_map = map_fits(height, width)
+        # tiles or a column layout asked for are the chunked kernels'
+        chunked = transpose_columns is not None or any(v is not None for v in tiles.values())
+        whole_map = not chunked and map_fits(height, width, inference)
     if whole_map:
-        map_cfg = map_launch_config(height, width, map_block_c, map_num_warps)
+        map_cfg = map_launch_config(height, width, map_block_c, map_num_warps,
+                                    forward_only=inference)
         return SS2DScanN1Function.apply(x, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                         width, True, False, cfg, bwd_cfg, project_first,
                                         map_cfg)[0]

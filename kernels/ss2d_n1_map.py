@@ -201,9 +201,13 @@ def _ss2d_bwd_map_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D
 
 
 # Maps padded to at most this many positions run the whole-map kernels when ``ss2d_scan_n1`` is
-# left to choose (``whole_map`` None). 0: never, until their speed against the chunked kernels is
-# measured on a GPU (docs/kernels.md); the environment variable overrides it for a whole run.
+# left to choose (``whole_map`` None) and a gradient is wanted: 0, never (their backward is no
+# faster than the chunked one anywhere: docs/kernels.md). Without gradients (inference), the
+# forward alone runs: maps padded to at most INFERENCE_MAP_POSITIONS positions take it (7 x 7,
+# stage 4 at 224 x 224: 0.23 against 0.38 ms per call on the H200). The environment variable
+# overrides both for a whole run.
 MAX_MAP_POSITIONS = 0
+INFERENCE_MAP_POSITIONS = 64
 MAX_MAP_POSITIONS_ENV = 'VMAMBA_WHOLE_MAP_POSITIONS'
 # a program holds at most this many elements per tensor
 MAX_TILE = 4096
@@ -214,31 +218,37 @@ def padded_map(height, width):
     return triton.next_power_of_2(height), triton.next_power_of_2(width)
 
 
-def map_fits(height, width):
+def map_fits(height, width, inference=False):
     """Whether a (height, width) map runs the whole-map kernels by default: padded, at most
-    ``$VMAMBA_WHOLE_MAP_POSITIONS`` (else ``MAX_MAP_POSITIONS``) positions, and never more than
-    one tile holds (``MAX_TILE``)."""
-    limit = env_int(MAX_MAP_POSITIONS_ENV, MAX_MAP_POSITIONS, 'positions')
+    ``$VMAMBA_WHOLE_MAP_POSITIONS`` positions (else ``INFERENCE_MAP_POSITIONS`` when no
+    gradient is wanted, ``MAX_MAP_POSITIONS`` otherwise), and never more than one tile holds
+    (``MAX_TILE``)."""
+    default = INFERENCE_MAP_POSITIONS if inference else MAX_MAP_POSITIONS
+    limit = env_int(MAX_MAP_POSITIONS_ENV, default, 'positions')
     hp, wp = padded_map(height, width)
     return hp * wp <= min(limit, MAX_TILE)
 
 
-def map_launch_config(height, width, block_c=None, num_warps=None):
-    """(BLOCK_C, num_warps) of the whole-map kernels: by default tiles of 1024 elements (at most
-    8 channels), a warp per 256 elements (from the sm_90 builds in docs/kernels.md: at 16 x 16,
-    4 channels and 4 warps take 127 / 216 registers in the forward / backward, 8 and 8 take 241 /
-    255, so four programs fit on a multiprocessor instead of one)."""
+def map_launch_config(height, width, block_c=None, num_warps=None, forward_only=False):
+    """(BLOCK_C, num_warps) of the whole-map kernels. By default, for launches whose backward
+    may follow, tiles of 1024 elements (at most 8 channels), a warp per 256 elements (from the
+    sm_90 builds in docs/kernels.md: at 16 x 16, 4 channels and 4 warps take 127 / 216 registers
+    in the forward / backward, 8 and 8 take 241 / 255, so four programs fit on a multiprocessor
+    instead of one); ``forward_only`` (inference): tiles of 512 elements, a warp per 128, the
+    fastest forward tiles of the H200 sweep (16 x 16: 2 channels, 4 warps, 0.324 ms at VMamba-T's
+    stage 3 against 0.352 with the tile above; 8 x 8: 8 channels, 4 warps)."""
     hp, wp = padded_map(height, width)
     positions = hp * wp
+    tile, per_warp = (512, 128) if forward_only else (1024, 256)
     if block_c is None:
-        block_c = max(1, min(8, 1024 // positions))
+        block_c = max(1, min(8, tile // positions))
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f'block_c must be a power of two, got {block_c}')
     if block_c * positions > MAX_TILE:
         raise ValueError(f'block_c {block_c} x a {hp} x {wp} padded map exceeds {MAX_TILE} '
                          'elements per tile')
     if num_warps is None:
-        num_warps = max(1, min(8, block_c * positions // 256))
+        num_warps = max(1, min(8, block_c * positions // per_warp))
     return block_c, num_warps
 
 

@@ -235,12 +235,17 @@ def test_with_cp_gives_the_same_gradients():
 
 
 def test_recompute_mlp_act_gives_the_same_gradients_and_holds_less():
-    plain, lean, x = plain_and_variant(recompute_mlp_act=True)
-    outputs, saved = zip(*(step_holding(model, x) for model in (plain, lean)))
+    # the gradients compared in float64: in float32 the stem's gradients of this small model carry
+    # a few percent of rounding (3.7% from float64's), which the two paths' different GEMM calls
+    # round differently on some CPUs
+    plain, lean, x = (t.double() for t in plain_and_variant(recompute_mlp_act=True))
+    outputs = [step_holding(model, x)[0] for model in (plain, lean)]
     for a, b in zip(*outputs):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
     for (name, a), b in zip(plain.named_parameters(), lean.parameters()):
-        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7), name
+        assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-14), name
+    plain, lean, x = plain_and_variant(recompute_mlp_act=True)
+    saved = [step_holding(model, x)[1] for model in (plain, lean)]
     # every block's MLP stops holding its GELU output: 4 * C channels per pixel, float32
     hidden = sum(4 * c * (32 // 2**(i + 2))**2 * depth for i, (c, depth) in
                  enumerate(zip(plain.dims, plain.depths)))

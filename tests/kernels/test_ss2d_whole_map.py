@@ -97,28 +97,88 @@ def test_whole_map_under_torch_compile_matches_eager():
         assert rel_err(g[name], g_eager[name]) <= 1e-6, name
 
 
-@pytest.mark.parametrize('limit,expected', [(None, [False, False, False]),
-                                            ('64', [True, False, False]),
-                                            ('256', [True, True, False]),
-                                            ('100000', [True, True, False])])
-def test_default_routing_follows_the_positions_limit(limit, expected, monkeypatch):
-    # off by default; $VMAMBA_WHOLE_MAP_POSITIONS routes maps padded to at most that many
-    # positions (a 7 x 7 map pads to 64, a 9 x 12 one to 256), never more than a tile holds
-    # (65 x 33 pads to 128 x 64 = 8192 > 4096)
+def spy_whole_map_forward(monkeypatch):
+    """A list that gets the (block_c, num_warps) of every whole-map forward launch."""
+    calls = []
+    launch = ss2d_n1.launch_forward_map
+    monkeypatch.setattr(ss2d_n1, 'launch_forward_map',
+                        lambda *args: calls.append(args[-2:]) or launch(*args))
+    return calls
+
+
+@pytest.mark.parametrize('limit,grad,expected', [(None, False, [True, False, False]),
+                                                 (None, True, [False, False, False]),
+                                                 ('0', False, [False, False, False]),
+                                                 ('64', True, [True, False, False]),
+                                                 ('256', False, [True, True, False]),
+                                                 ('256', True, [True, True, False]),
+                                                 ('100000', True, [True, True, False])])
+def test_default_routing_follows_the_positions_limit(limit, grad, expected, monkeypatch):
+    # by default only calls that want no gradient (inference) take the whole-map forward, and
+    # only on maps padded to at most 64 positions (a 7 x 7 map pads to 64, a 9 x 12 one to
+    # 256); $VMAMBA_WHOLE_MAP_POSITIONS sets the limit for every call, never beyond what a tile
+    # holds (65 x 33 pads to 128 x 64 = 8192 > 4096)
     if limit is None:
         monkeypatch.delenv(ss2d_n1_map.MAX_MAP_POSITIONS_ENV, raising=False)
     else:
         monkeypatch.setenv(ss2d_n1_map.MAX_MAP_POSITIONS_ENV, limit)
-    used = []
-    launch = ss2d_n1.launch_forward_map
-    monkeypatch.setattr(ss2d_n1, 'launch_forward_map',
-                        lambda *args: used.append(True) or launch(*args))
+    used = spy_whole_map_forward(monkeypatch)
     for size, uses_map in zip([(7, 7), (9, 12), (65, 33)], expected):
         used.clear()
         inputs = make_inputs(1, 2, *size, 2, 1)
-        with torch.no_grad():
-            ss2d_n1.ss2d_scan_n1(**inputs)
+        inputs['x'].requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            y = ss2d_n1.ss2d_scan_n1(**inputs)
         assert bool(used) == uses_map, size
+        assert y.requires_grad == grad
+
+
+def test_inference_routing_needs_both_grad_mode_and_an_input_that_wants_one(monkeypatch):
+    # a 7 x 7 map: grad mode on but no input requiring a gradient (a frozen stage) is inference
+    monkeypatch.delenv(ss2d_n1_map.MAX_MAP_POSITIONS_ENV, raising=False)
+    used = spy_whole_map_forward(monkeypatch)
+    inputs = make_inputs(1, 2, 7, 7, 2, 1)
+    ss2d_n1.ss2d_scan_n1(**inputs)
+    assert used
+    used.clear()
+    inputs['dt_bias'] = inputs['dt_bias'].clone().requires_grad_()
+    y = ss2d_n1.ss2d_scan_n1(**inputs)
+    assert not used and y.requires_grad
+
+
+def test_chunked_tiles_asked_for_keep_the_chunked_kernels(monkeypatch):
+    # an inference call on a 7 x 7 map that names a tile or a column layout of the chunked kernels
+    # gets them (and their checks) rather than the whole-map forward
+    monkeypatch.delenv(ss2d_n1_map.MAX_MAP_POSITIONS_ENV, raising=False)
+    used = spy_whole_map_forward(monkeypatch)
+    inputs = make_inputs(1, 2, 7, 7, 2, 1, seed=1)
+    with torch.no_grad():
+        reference = ss2d_n1.ss2d_scan_n1(**inputs)
+        assert used
+        for option in (dict(block_c=4), dict(bwd_block_c=4), dict(transpose_columns=False)):
+            used.clear()
+            y = ss2d_n1.ss2d_scan_n1(**inputs, **option)
+            assert not used, option
+            assert rel_err(y, reference) <= 1e-6
+
+
+def test_inference_tiles_and_the_forward_they_run(monkeypatch):
+    # forward-only launches take tiles of 512 elements, a warp per 128; launches a backward may
+    # follow, 1024 and 256 (the backward's registers)
+    assert ss2d_n1_map.map_launch_config(14, 14, forward_only=True) == (2, 4)
+    assert ss2d_n1_map.map_launch_config(14, 14) == (4, 4)
+    assert ss2d_n1_map.map_launch_config(7, 7, forward_only=True) == (8, 4)
+    assert ss2d_n1_map.map_launch_config(7, 7) == (8, 2)
+    assert ss2d_n1_map.map_launch_config(1, 1, forward_only=True) == (8, 1)
+    # the inference route of a 14 x 14 map with the limit raised runs them, against float64
+    monkeypatch.setenv(ss2d_n1_map.MAX_MAP_POSITIONS_ENV, '256')
+    seen = spy_whole_map_forward(monkeypatch)
+    inputs = make_inputs(1, 5, 14, 14, 3, 1, seed=2)
+    with torch.no_grad():
+        y = ss2d_n1.ss2d_scan_n1(**inputs)
+    assert seen == [(2, 4)]  # (block_c, num_warps)
+    y64 = naive_ss2d(**{k: v.double() for k, v in inputs.items()})
+    assert rel_err(y, y64) <= 1e-5
 
 
 def test_bad_positions_limit_and_tiles(monkeypatch):
