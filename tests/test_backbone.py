@@ -252,6 +252,58 @@ def test_recompute_mlp_act_gives_the_same_gradients_and_holds_less():
     assert saved[0] - saved[1] == 2 * hidden * 4
 
 
+def test_recompute_stem_gives_the_same_gradients_and_holds_less():
+    plain, lean, x = (t.double() for t in plain_and_variant(recompute_stem=True))
+    outputs = [step_holding(model, x)[0] for model in (plain, lean)]
+    for a, b in zip(*outputs):
+        assert torch.equal(a, b)
+    for (name, a), b in zip(plain.named_parameters(), lean.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-12, atol=1e-15), name
+    plain, lean, x = plain_and_variant(recompute_stem=True)
+    saved = [step_holding(model, x)[1] for model in (plain, lean)]
+    # the stem no longer holds the image (its first conv's input: the checkpoint keeps it by
+    # reference) nor its half-resolution map of C / 2 channels
+    half_map = x.shape[0] * plain.dims[0] // 2 * (x.shape[2] // 2) * (x.shape[3] // 2) * 4
+    assert saved[0] - saved[1] >= x.numel() * 4 + half_map
+
+
+def test_recompute_stem_only_where_the_stem_trains():
+    # a frozen stem (frozen_stages >= 0) or no gradient: the stem runs as is, no checkpoint
+    from mmvmamba.models.backbones import vmamba as vmamba_module
+    calls = []
+    checkpoint = vmamba_module.cp.checkpoint
+    arch = dict(dims=8, depths=(1, 1, 1, 1))
+    x = torch.randn(1, 3, 32, 32)
+    try:
+        vmamba_module.cp.checkpoint = lambda *a, **k: calls.append(a[0]) or checkpoint(*a, **k)
+        lean = VMamba(arch, recompute_stem=True).train()
+        lean(x)
+        assert calls == [lean.patch_embed]
+        calls.clear()
+        with torch.no_grad():
+            lean(x)
+        VMamba(arch, recompute_stem=True, frozen_stages=0).train()(x)
+        assert not calls
+    finally:
+        vmamba_module.cp.checkpoint = checkpoint
+
+
+def test_recompute_stem_under_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    arch = dict(dims=8, depths=(1, 1, 1, 1))
+    eager = VMamba(arch, drop_path_rate=0.0).train()
+    compiled = VMamba(arch, drop_path_rate=0.0, recompute_stem=True,
+                      compile=dict(backend='aot_eager')).train()
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for model in (eager, compiled):
+        model(x)[0].square().mean().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+
+
 def test_recompute_mlp_act_under_autocast_matches_float64():
     from mmvmamba.models.utils.layers import Mlp
     torch.manual_seed(0)
