@@ -60,9 +60,9 @@ class VMamba(BaseModule):
         recompute_stem (bool): while training, the stem keeps only the image for the backward
             and recomputes its maps there (activation checkpointing of the stem, eagerly and
             under ``torch.compile``): its half-resolution map (C / 2 channels) and what follows
-            it are not held between forward and backward. VMamba-T at 224 x 224 keeps ~3 MiB per
-            image less (0.4 GiB at batch 128) for one more stem forward per step. Default:
-            False.
+            it are not held between forward and backward. VMamba-T at 224 x 224 keeps ~5 MiB per
+            image less eagerly, ~3 MiB compiled (0.6 / 0.4 GiB at batch 128, counted on the
+            CPU: docs/notes/2026-12-06.md) for one more stem forward per step. Default: False.
         memory_efficient_norm (bool): the LayerNorms whose output feeds a linear layer (the
             blocks' two norms and the SS2D output norm) keep that output, which the linear
             layer holds anyway, instead of their input for the backward (on the Triton path and
