@@ -267,25 +267,23 @@ def test_recompute_stem_gives_the_same_gradients_and_holds_less():
     assert saved[0] - saved[1] >= x.numel() * 4 + half_map
 
 
-def test_recompute_stem_only_where_the_stem_trains():
+def test_recompute_stem_only_where_the_stem_trains(monkeypatch):
     # a frozen stem (frozen_stages >= 0) or no gradient: the stem runs as is, no checkpoint
     from mmvmamba.models.backbones import vmamba as vmamba_module
     calls = []
     checkpoint = vmamba_module.cp.checkpoint
+    monkeypatch.setattr(vmamba_module.cp, 'checkpoint',
+                        lambda *a, **k: calls.append(a[0]) or checkpoint(*a, **k))
     arch = dict(dims=8, depths=(1, 1, 1, 1))
     x = torch.randn(1, 3, 32, 32)
-    try:
-        vmamba_module.cp.checkpoint = lambda *a, **k: calls.append(a[0]) or checkpoint(*a, **k)
-        lean = VMamba(arch, recompute_stem=True).train()
+    lean = VMamba(arch, recompute_stem=True).train()
+    lean(x)
+    assert calls == [lean.patch_embed]
+    calls.clear()
+    with torch.no_grad():
         lean(x)
-        assert calls == [lean.patch_embed]
-        calls.clear()
-        with torch.no_grad():
-            lean(x)
-        VMamba(arch, recompute_stem=True, frozen_stages=0).train()(x)
-        assert not calls
-    finally:
-        vmamba_module.cp.checkpoint = checkpoint
+    VMamba(arch, recompute_stem=True, frozen_stages=0).train()(x)
+    assert not calls
 
 
 def test_recompute_stem_under_torch_compile_matches_eager():
