@@ -230,6 +230,45 @@ def test_compare_peers_builds_a_fresh_model_for_every_launch_mode(monkeypatch):
     assert len(step_marks) == 2 * 3  # every step of both modes of compile-graphs
 
 
+def test_compare_peers_times_the_peers_in_their_own_launch_modes(monkeypatch):
+    # --peer-launch: VMamba's config switch (launched eagerly) against Swin at its fastest
+    # launch, in one process; 'vs best' takes the reference's fastest launch of each case
+    import argparse
+
+    import compare_peers
+    monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: model)
+    build = lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3),  # noqa: E731
+                                        torch.nn.AdaptiveAvgPool2d(1))
+    args = argparse.Namespace(modes=['inference'], amp=['none'], batch=[2], shape=[8, 8],
+                              device='cpu', warmup=0, repeats=1, launch=['eager'],
+                              peer_launch=['eager', 'compile'])
+    rows = compare_peers.measure_all(args, [('vmamba-nano', build), ('timm net', build),
+                                            ('mmpretrain swin-tiny', build)])
+    assert [(r['model'], r['launch']) for r in rows] == [
+        ('vmamba-nano', 'eager'), ('timm net', 'eager'), ('timm net', 'compile'),
+        ('mmpretrain swin-tiny', 'eager'), ('mmpretrain swin-tiny', 'compile')]
+    args.peer_launch = None  # default: the peers follow --launch
+    assert compare_peers.launches_of(args, 'timm net') == ['eager']
+    assert compare_peers.parse_args(['--peer-launch', 'compile-graphs']).peer_launch == [
+        'compile-graphs']
+
+    def row(model, launch, speed, mode='train'):
+        return dict(model=model, launch=launch, mode=mode, amp='fp16', batch=128,
+                    images_per_s=speed)
+
+    rows = compare_peers.ratios([row('vmamba', 'eager', 2000.0), row('swin', 'eager', 2500.0),
+                                 row('swin', 'compile-graphs', 4000.0),
+                                 row('vmamba', 'eager', 8000.0, 'inference'),
+                                 row('swin', 'compile-graphs', 10000.0, 'inference')], 'swin')
+    assert [(r['ratio'], r['ratio_best']) for r in rows] == [
+        (0.8, 0.5), (1.0, 0.625), (1.0, 1.0), (None, 0.8), (1.0, 1.0)]
+    for r in rows:
+        r.update(params=1e6, ms_per_batch=1.0, host_ms=1.0, peak_gib=None)
+    lines = compare_peers.table(rows, 'swin').splitlines()
+    assert lines[0].endswith('| vs swin | vs best |')
+    assert lines[2].endswith('| 0.80x | 0.50x |') and lines[5].endswith('| - | 0.80x |')
+
+
 def test_compare_peers_applies_cfg_options_to_vmamba_and_names_them():
     import compare_peers
     args = compare_peers.parse_args([DIGITS, '--peers', '--device', 'cpu', '--cfg-options',
