@@ -202,12 +202,12 @@ def test_frozen_stages_get_no_gradients():
     assert not model.layers[1].training and model.layers[2].training
 
 
-def plain_and_variant(common=None, **variant):
-    """Two SMALL models in training mode with the same weights (both built with ``common``'s
-    arguments, the second also with ``variant``'s), and an input."""
+def plain_and_variant(common=None, arch=SMALL, **variant):
+    """Two models of ``arch`` in training mode with the same weights (both built with
+    ``common``'s arguments, the second also with ``variant``'s), and an input."""
     torch.manual_seed(0)
-    plain = VMamba(SMALL, out_indices=(0, 3), **(common or {})).train()
-    other = VMamba(SMALL, out_indices=(0, 3), **(common or {}), **variant).train()
+    plain = VMamba(arch, out_indices=(0, 3), **(common or {})).train()
+    other = VMamba(arch, out_indices=(0, 3), **(common or {}), **variant).train()
     other.load_state_dict(plain.state_dict())
     return plain, other, torch.randn(2, 3, 32, 32)
 
@@ -286,12 +286,13 @@ def test_recompute_stem_only_where_the_stem_trains(monkeypatch):
     assert not calls
 
 
-def test_recompute_stem_under_torch_compile_matches_eager():
+@pytest.mark.parametrize('option', ['recompute_stem', 'recompute_ssm_input'])
+def test_recompute_option_under_torch_compile_matches_eager(option):
     torch.manual_seed(0)
-    arch = dict(dims=8, depths=(1, 1, 1, 1))
+    arch = dict(dims=8, depths=(1, 1, 1, 1), ssm_ratio=2.0)
     eager = VMamba(arch, drop_path_rate=0.0).train()
-    compiled = VMamba(arch, drop_path_rate=0.0, recompute_stem=True,
-                      compile=dict(backend='aot_eager')).train()
+    compiled = VMamba(arch, drop_path_rate=0.0, compile=dict(backend='aot_eager'),
+                      **{option: True}).train()
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(2, 3, 32, 32)
     grads = []
@@ -300,6 +301,42 @@ def test_recompute_stem_under_torch_compile_matches_eager():
         grads.append([p.grad for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+
+
+def test_recompute_ssm_input_gives_the_same_gradients_and_holds_less():
+    for arch in (SMALL, dict(SMALL, ssm_ratio=2.0, d_state=2, gate=True, mlp_ratio=0)):
+        plain, lean, x = (t.double() for t in plain_and_variant(arch=arch,
+                                                                recompute_ssm_input=True))
+        outputs = [step_holding(model, x)[0] for model in (plain, lean)]
+        for a, b in zip(*outputs):
+            assert torch.equal(a, b)
+        for (name, a), b in zip(plain.named_parameters(), lean.parameters()):
+            assert torch.allclose(a.grad, b.grad, rtol=1e-12, atol=1e-15), (arch, name)
+    plain, lean, x = plain_and_variant(arch=dict(SMALL, ssm_ratio=2.0), recompute_ssm_input=True)
+    saved = [step_holding(model, x)[1] for model in (plain, lean)]
+    # every block no longer holds its depthwise conv's input and output (d_inner channels each)
+    maps = sum(depth * 2 * x.shape[0] * 2 * dim * (32 // 4 // 2**i)**2 * 4
+               for i, (dim, depth) in enumerate(zip(plain.dims, plain.depths)))
+    assert saved[0] - saved[1] >= maps
+
+
+def test_recompute_ssm_input_only_with_gradients(monkeypatch):
+    from mmvmamba.models import ss2d as ss2d_module
+    calls = []
+    checkpoint = ss2d_module.cp.checkpoint
+    monkeypatch.setattr(ss2d_module.cp, 'checkpoint',
+                        lambda *a, **k: calls.append(a[0]) or checkpoint(*a, **k))
+    lean = VMamba(dict(dims=8, depths=(1, 1, 1, 1)), recompute_ssm_input=True).train()
+    x = torch.randn(1, 3, 32, 32)
+    lean(x)
+    assert len(calls) == 4  # one per block
+    calls.clear()
+    with torch.no_grad():
+        lean(x)
+    frozen = VMamba(dict(dims=8, depths=(1, 1, 1, 1)), recompute_ssm_input=True,
+                    frozen_stages=4).train()
+    frozen(x)  # nothing wants a gradient
+    assert not calls
 
 
 def test_recompute_mlp_act_under_autocast_matches_float64():

@@ -125,7 +125,8 @@ def test_backbone_options_named_in_the_text_exist():
     from mmvmamba.models import VMamba
     with open(README) as f:
         named = re.findall(r'`model\.backbone\.(\w+)=([^`]+)`', f.read())
-    assert {'compile', 'recompute_mlp_act', 'memory_efficient_norm'} <= {n for n, _ in named}
+    assert {'compile', 'recompute_mlp_act', 'memory_efficient_norm', 'recompute_stem',
+            'recompute_ssm_input'} <= {n for n, _ in named}
     arguments = inspect.signature(VMamba).parameters
     for name, value in named:
         assert name in arguments, name

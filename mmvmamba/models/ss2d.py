@@ -4,6 +4,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint as cp
 
 from vmamba_kernels import ss2d_scan
 
@@ -27,12 +28,17 @@ class SS2D(nn.Module):
         dt_min, dt_max, dt_init_floor (float): Mamba's dt initialization range.
         scan_backend (str, optional): 'auto' | 'triton' | 'torch', passed to
             :func:`vmamba_kernels.ss2d_scan` (None: ``$VMAMBA_SCAN_BACKEND`` or auto).
+        recompute_input (bool): while gradients are wanted, in_proj -> conv -> SiLU runs under
+            activation checkpointing: the in_proj and conv outputs (d_inner channels each) are
+            not held for the backward, which recomputes them from the block's normalised input
+            (held anyway by in_proj). Default: False.
     """
 
     def __init__(self, dim, d_state=1, ssm_ratio=1.0, dt_rank='auto', conv_bias=False,
                  gate=False, dropout=0., dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4,
-                 scan_backend=None):
+                 scan_backend=None, recompute_input=False):
         super().__init__()
+        self.recompute_input = recompute_input
         d_inner = int(ssm_ratio * dim)
         rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
         self.d_inner, self.d_state, self.dt_rank, self.gate = d_inner, d_state, rank, gate
@@ -65,12 +71,22 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(states).expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
-    def forward(self, x):
+    def _scan_input(self, x):
+        """in_proj -> depthwise conv -> SiLU: the scan's input, channel-first and contiguous as
+        the scan reads it (a channels-last convolution output is copied once), and the gate z
+        (None without gate)."""
         x = self.in_proj(x)
+        z = None
         if self.gate:
             x, z = x.chunk(2, dim=1)
-        # channel-first, as the scan reads it (a channels-last convolution output is copied once)
-        x = self.act(self.conv2d(x)).contiguous()
+        return self.act(self.conv2d(x)).contiguous(), z
+
+    def forward(self, x):
+        if self.recompute_input and torch.is_grad_enabled() and (x.requires_grad or any(
+                p.requires_grad for m in (self.in_proj, self.conv2d) for p in m.parameters())):
+            x, z = cp.checkpoint(self._scan_input, x, use_reentrant=False)
+        else:
+            x, z = self._scan_input(x)
         batch, channels, height, width = x.shape
         # the x projection of all directions as one batched GEMM on x as it is: autograd then
         # keeps x itself for the weight's gradient (the storage the scan keeps too), where an

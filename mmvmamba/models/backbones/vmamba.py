@@ -69,6 +69,12 @@ class VMamba(BaseModule):
             under ``torch.compile``, see :class:`LayerNorm2d`): VMamba-T at batch 128, fp16,
             eager, peaks at 7.2 GiB instead of 9.5 (H200). The gradients lose accuracy as a
             norm's |bias| / |weight| grows (README). Default: False.
+        recompute_ssm_input (bool): while training, each SS2D's in_proj -> depthwise conv ->
+            SiLU runs under activation checkpointing (see :class:`SS2D`, ``recompute_input``):
+            two d_inner-wide maps per block (the conv's input and output) are not held between
+            forward and backward, for one more in_proj GEMM, conv and SiLU per block in the
+            backward. Most useful at ssm_ratio 2 (S, B), where those maps are twice the block's
+            width (docs/notes/2026-12-06.md). Default: False.
         scan_backend (str, optional): 'auto' | 'triton' | 'torch' for the selective scan and
             the channel-first LayerNorms (None: ``$VMAMBA_SCAN_BACKEND`` or auto: Triton on
             CUDA, torch on CPU).
@@ -107,7 +113,7 @@ class VMamba(BaseModule):
                  frozen_stages: int = -1, drop_path_rate: Optional[float] = None,
                  with_cp: bool = False, recompute_mlp_act: bool = False,
                  recompute_stem: bool = False, memory_efficient_norm: bool = False,
-                 scan_backend: Optional[str] = None,
+                 recompute_ssm_input: bool = False, scan_backend: Optional[str] = None,
                  compile: Union[bool, dict] = False, init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(compile, (bool, dict)):
@@ -144,7 +150,8 @@ class VMamba(BaseModule):
         # the 4x4 patchify stem pads to a multiple of 4 so every stem gives ceil(H / 4)
         self.stem_multiple = 4 if cfg['stem'] == 'patchify' else 1
         ssm_cfg = dict(d_state=cfg['d_state'], ssm_ratio=cfg['ssm_ratio'],
-                       conv_bias=cfg['conv_bias'], gate=cfg['gate'], scan_backend=scan_backend)
+                       conv_bias=cfg['conv_bias'], gate=cfg['gate'], scan_backend=scan_backend,
+                       recompute_input=recompute_ssm_input)
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             start = sum(depths[:i])
