@@ -247,6 +247,9 @@ def test_compare_peers_times_the_peers_in_their_own_launch_modes(monkeypatch):
     assert [(r['model'], r['launch']) for r in rows] == [
         ('vmamba-nano', 'eager'), ('timm net', 'eager'), ('timm net', 'compile'),
         ('mmpretrain swin-tiny', 'eager'), ('mmpretrain swin-tiny', 'compile')]
+    # the ratios' default reference is the first peer, also after several VMamba configs
+    assert compare_peers.default_reference(['vmamba-a', 'vmamba-b', 'timm net']) == 'timm net'
+    assert compare_peers.default_reference(['vmamba-a', 'vmamba-b']) == 'vmamba-a'
     args.peer_launch = None  # default: the peers follow --launch
     assert compare_peers.launches_of(args, 'timm net') == ['eager']
     assert compare_peers.parse_args(['--peer-launch', 'compile-graphs']).peer_launch == [

@@ -124,6 +124,12 @@ def launches_of(args, label):
     return args.launch
 
 
+def default_reference(labels):
+    """The model the ratios are taken against when ``--reference`` is not given: the first
+    peer (mmpretrain or timm), else the first model."""
+    return next((label for label in labels if label.startswith(PEER_PREFIXES)), labels[0])
+
+
 LAUNCHES = ('eager', 'graph', 'compile', 'compile-graphs')
 
 
@@ -219,7 +225,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, peers=('swin-tiny', 'convnext-tiny'))
     parser.add_argument('--reference', help='model label the ratios are taken against '
-                        '(default: the first peer)')
+                        '(default: the first peer, else the first model)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--batch', type=int, nargs='+', default=[1, 8])
     parser.add_argument('--shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'))
@@ -252,7 +258,7 @@ def main(argv=None):
              f', {torch.get_num_threads()} threads'), flush=True)
     entries = models_to_compare(args)
     labels = [label for label, _ in entries]
-    reference = args.reference or (labels[1] if len(labels) > 1 else labels[0])
+    reference = args.reference or default_reference(labels)
     if reference not in labels:
         raise SystemExit(f'--reference {reference!r} is none of {labels}')
     rows = ratios(measure_all(args, entries), reference)
