@@ -107,6 +107,12 @@ def check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D):
                         "backend='torch' for float64")
 
 
+def wants_grad(*tensors):
+    """Whether autograd would track a call on ``tensors`` (None entries allowed): grad mode on
+    and one of them requires a gradient."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def env_int(name, default, what):
     """The integer in environment variable ``name`` (``default`` when unset or empty); a clear
     error naming the variable when it is not an integer (``what`` it counts)."""

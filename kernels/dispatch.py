@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .checks import check_ss2d_inputs, check_tensor, check_triton_inputs
+from .checks import check_ss2d_inputs, check_tensor, check_triton_inputs, wants_grad
 
 __all__ = ['BACKENDS', 'BACKEND_ENV', 'resolve_backend', 'ss2d_scan', 'ss2d_scan_triton',
            'ss2d_scan_unfused_triton', 'ss2d_scan_torch', 'layer_norm_2d']
@@ -93,8 +93,7 @@ def ss2d_scan_torch(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
     from .reference import ss2d_scan_chunked
     from .ss2d_grid import ss2d_scan_grid
     inputs = (x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in inputs)
+    needs_grad = wants_grad(*inputs)
     if chunk_size is not None or needs_grad:
         return ss2d_scan_chunked(*inputs, chunk_size=chunk_size)
     check_ss2d_inputs(*inputs)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .checks import check_selective_scan_inputs, check_ss2d_inputs
+from .checks import check_selective_scan_inputs, check_ss2d_inputs, wants_grad
 from .ss2d_grid import scan_lines
 
 __all__ = [
@@ -79,8 +79,7 @@ def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     B_c = B.to(cdt).unsqueeze(2)
     C_c = C.to(cdt).unsqueeze(2)
     per_group = channels // groups
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
+    needs_grad = wants_grad(u, delta, A, B, C, D, delta_bias)
     if chunk_size is None and not needs_grad:
         y = _scan_no_grad(u_c, delta_c, A_c, B_c, C_c, batch, groups, per_group, d_state, length)
         return y if D is None else y + D.to(cdt)[:, None] * u_c

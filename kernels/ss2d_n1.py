@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import env_int
+from .checks import env_int, wants_grad
 from .compile_ops import opaque_under_compile
 from .ss2d_n1_map import launch_backward_map, launch_forward_map, map_fits, map_launch_config
 from .triton_math import _channel_params, _combine, _combine_grad, _softplus
@@ -712,8 +712,7 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     cfg, bwd_cfg = n1_launch_config(length, **tiles)
     if project_first is None:
         project_first = dt_weight.shape[2] >= PROJECT_FROM_RANK
-    inference = not (torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)))
+    inference = not wants_grad(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     if whole_map is None:
         # tiles or a column layout asked for are the chunked kernels'
         chunked = transpose_columns is not None or any(v is not None for v in tiles.values())
