@@ -269,10 +269,10 @@ def test_recompute_stem_gives_the_same_gradients_and_holds_less():
 
 def test_recompute_stem_only_where_the_stem_trains(monkeypatch):
     # a frozen stem (frozen_stages >= 0) or no gradient: the stem runs as is, no checkpoint
-    from mmvmamba.models.backbones import vmamba as vmamba_module
+    from mmvmamba.models.utils import recompute
     calls = []
-    checkpoint = vmamba_module.cp.checkpoint
-    monkeypatch.setattr(vmamba_module.cp, 'checkpoint',
+    checkpoint = recompute.cp.checkpoint
+    monkeypatch.setattr(recompute.cp, 'checkpoint',
                         lambda *a, **k: calls.append(a[0]) or checkpoint(*a, **k))
     arch = dict(dims=8, depths=(1, 1, 1, 1))
     x = torch.randn(1, 3, 32, 32)
@@ -321,10 +321,10 @@ def test_recompute_ssm_input_gives_the_same_gradients_and_holds_less():
 
 
 def test_recompute_ssm_input_only_with_gradients(monkeypatch):
-    from mmvmamba.models import ss2d as ss2d_module
+    from mmvmamba.models.utils import recompute
     calls = []
-    checkpoint = ss2d_module.cp.checkpoint
-    monkeypatch.setattr(ss2d_module.cp, 'checkpoint',
+    checkpoint = recompute.cp.checkpoint
+    monkeypatch.setattr(recompute.cp, 'checkpoint',
                         lambda *a, **k: calls.append(a[0]) or checkpoint(*a, **k))
     lean = VMamba(dict(dims=8, depths=(1, 1, 1, 1)), recompute_ssm_input=True).train()
     x = torch.randn(1, 3, 32, 32)

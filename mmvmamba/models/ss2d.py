@@ -4,11 +4,11 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 
 from vmamba_kernels import ss2d_scan
 
 from .utils.layers import LayerNorm2d, Linear2d
+from .utils.recompute import run_recomputed
 
 NUM_DIRECTIONS = 4
 
@@ -82,9 +82,9 @@ class SS2D(nn.Module):
         return self.act(self.conv2d(x)).contiguous(), z
 
     def forward(self, x):
-        if self.recompute_input and torch.is_grad_enabled() and (x.requires_grad or any(
-                p.requires_grad for m in (self.in_proj, self.conv2d) for p in m.parameters())):
-            x, z = cp.checkpoint(self._scan_input, x, use_reentrant=False)
+        if self.recompute_input:
+            x, z = run_recomputed(self._scan_input, x, [x, *self.in_proj.parameters(),
+                                                        *self.conv2d.parameters()])
         else:
             x, z = self._scan_input(x)
         batch, channels, height, width = x.shape

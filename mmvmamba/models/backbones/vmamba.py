@@ -15,6 +15,7 @@ from ..embed import PatchMerging2d, conv_downsample, conv_stem, patchify_stem
 from ..utils.checkpoint import load_backbone_checkpoint
 from ..utils.compile import vmamba_compile_kwargs
 from ..utils.layers import LayerNorm2d
+from ..utils.recompute import run_recomputed
 from ..vss_block import VSSBlock
 
 _FINAL = dict(d_state=1, mlp_ratio=4.0, conv_bias=False, gate=False, stem='conv',
@@ -247,9 +248,8 @@ class VMamba(BaseModule):
         m = self.stem_multiple
         if m > 1 and (x.shape[2] % m or x.shape[3] % m):
             x = F.pad(x, (0, -x.shape[3] % m, 0, -x.shape[2] % m))
-        if self.recompute_stem and torch.is_grad_enabled() and any(
-                p.requires_grad for p in self.patch_embed.parameters()):
-            x = cp.checkpoint(self.patch_embed, x, use_reentrant=False)
+        if self.recompute_stem:
+            x = run_recomputed(self.patch_embed, x, self.patch_embed.parameters())
         else:
             x = self.patch_embed(x)
         outs = []
