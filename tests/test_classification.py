@@ -74,6 +74,37 @@ def test_dist_train_two_cpu_processes_with_gloo(digits, tmp_path):
     assert (tmp_path / 'epoch_1.pth').exists()
 
 
+_ONE_PROCESS_GROUP = """
+import sys
+import torch.distributed as dist
+sys.path.insert(0, {tools!r})
+import test as test_tool
+import train as train_tool
+train_tool.main({train_argv!r})
+print('open after train:', dist.is_initialized())
+test_tool.main({test_argv!r})
+print('open after test:', dist.is_initialized())
+"""
+
+
+def test_train_and_test_tools_close_the_process_group_they_opened(digits, tmp_path):
+    # a gloo group left open can abort the process at exit (SIGABRT) after the work is done
+    env = dict(os.environ, RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+               MASTER_PORT='29613', CUDA_VISIBLE_DEVICES='')
+    launcher = ['--launcher', 'pytorch']
+    train_argv = [DEMO] + launcher + _opts(digits, tmp_path, 'train_cfg.max_epochs=1',
+                                           'train_dataloader.dataset.indices=8',
+                                           'default_hooks.checkpoint.interval=1')
+    test_argv = [DEMO, str(tmp_path / 'epoch_1.pth')] + launcher + _opts(digits, tmp_path)
+    script = _ONE_PROCESS_GROUP.format(tools=osp.join(ROOT, 'tools'), train_argv=train_argv,
+                                       test_argv=test_argv)
+    proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'open after train: False' in proc.stdout
+    assert 'open after test: False' in proc.stdout
+
+
 def _losses(work_dir):
     out = {}
     for path in glob.glob(str(work_dir / '*' / 'vis_data' / 'scalars.json')):

@@ -1,9 +1,11 @@
 """What tools/train.py and tools/test.py share: launcher arguments and loading a task config."""
+import contextlib
 import os
 import os.path as osp
 
 import mmvmamba  # noqa: F401,I001  (compat fixes + model registration before any mm* import)
 import torch
+import torch.distributed as dist
 from mmengine.config import Config
 
 from mmvmamba.models.utils import vmamba_compile_kwargs
@@ -20,6 +22,20 @@ def parse_with_launcher(parser, argv):
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
+
+
+@contextlib.contextmanager
+def process_group_closed_after():
+    """Destroy the process group the runner opened once the work inside finishes.
+
+    A process that exits with a gloo group still open can abort at interpreter shutdown
+    ("terminate called without an active exception", SIGABRT) after its work is done, while the
+    group's worker threads still hold tensors. An error inside leaves the group as it is: the
+    process ends with the error, and destroying a group with collectives pending could block.
+    """
+    yield
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def load_task_config(args):

@@ -8,7 +8,8 @@ import argparse
 import json
 import os.path as osp
 
-from _task_config import add_launcher_args, load_task_config, parse_with_launcher
+from _task_config import (add_launcher_args, load_task_config, parse_with_launcher,
+                          process_group_closed_after)
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
@@ -61,8 +62,9 @@ def build_config(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    runner = Runner.from_cfg(build_config(args))
-    metrics = runner.test()
+    with process_group_closed_after():
+        runner = Runner.from_cfg(build_config(args))
+        metrics = runner.test()
     if args.metrics_json:
         with open(args.metrics_json, 'w') as f:
             json.dump({k: float(v) if hasattr(v, '__float__') else v

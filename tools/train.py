@@ -6,7 +6,8 @@ or mmseg) decides which library's registries, datasets and metrics are used.
 """
 import argparse
 
-from _task_config import add_launcher_args, load_task_config, parse_with_launcher
+from _task_config import (add_launcher_args, load_task_config, parse_with_launcher,
+                          process_group_closed_after)
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
@@ -51,8 +52,9 @@ def build_config(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    runner = Runner.from_cfg(build_config(args))
-    runner.train()
+    with process_group_closed_after():
+        runner = Runner.from_cfg(build_config(args))
+        runner.train()
 
 
 if __name__ == '__main__':
