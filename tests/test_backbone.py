@@ -286,7 +286,7 @@ def test_recompute_stem_only_where_the_stem_trains(monkeypatch):
     assert not calls
 
 
-@pytest.mark.parametrize('option', ['recompute_stem', 'recompute_ssm_input'])
+@pytest.mark.parametrize('option', ['recompute_stem', 'recompute_ssm_input', 'recompute_mlp_act'])
 def test_recompute_option_under_torch_compile_matches_eager(option):
     torch.manual_seed(0)
     arch = dict(dims=8, depths=(1, 1, 1, 1), ssm_ratio=2.0)
@@ -572,17 +572,45 @@ def test_config_option_reaches_torch_compile(monkeypatch):
     assert len(outs) == len(model.out_indices)
 
 
-def test_compiled_training_keeps_no_layer_norm_x_hat():
-    # inductor stored the x-hat maps a compiled F.layer_norm kept for the backward in a
-    # transposed layout (docs/notes/2026-12-02.md); the compiled norms keep their input, mean and
-    # rstd instead (layernorm_recompute.py): no mul(sub(x, mean), rsqrt(var)) among the tensors
-    # the compiled forward outputs (what it saves for the backward included)
+def _compiled_forward_saves(**backbone_options):
+    """The nodes each inductor-compiled forward of a small VMamba (bf16 autocast, CPU) passes to
+    its backward, after one training step."""
     import os.path as osp
     import sys
     sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools',
                                 'analysis'))
     from saved_activations import compiled_partitions
+    torch.manual_seed(0)
+    torch._dynamo.reset()  # else dynamo reuses the code compiled for an earlier equal model
+    with compiled_partitions() as found:  # inductor's partitions, its caches off
+        model = VMamba(dict(dims=16, depths=(1, 1, 1, 1)), out_indices=(3, ),
+                       drop_path_rate=0.0, compile=dict(mode='default'), **backbone_options)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = model(torch.randn(1, 3, 64, 64))
+    out[0].float().sum().backward()
+    assert found, 'no compiled forward was partitioned'
+    outputs = [n for forward, _ in found for n in forward.graph.output_node().args[0]]
+    return [n for n in outputs if getattr(n, 'op', '') == 'call_function']
 
+
+def test_recompute_mlp_act_under_inductor_keeps_no_gelu_output():
+    # inductor's partitioner keeps fc2's input, the GELU's output (fc2's weight gradient reads
+    # it), beside fc1's output, unless the GELU -> fc2 region is checkpointed: with the option
+    # the compiled forward keeps nothing for fc2
+    def for_fc2(nodes):
+        stacks = [list(n.meta.get('nn_module_stack', {}).values()) for n in nodes]
+        return [n.name for n, stack in zip(nodes, stacks)
+                if stack and stack[-1][0].endswith('mlp.fc2')]
+
+    assert len(for_fc2(_compiled_forward_saves())) == 4  # one per block
+    assert for_fc2(_compiled_forward_saves(recompute_mlp_act=True)) == []
+
+
+def test_compiled_training_keeps_no_layer_norm_x_hat():
+    # inductor stored the x-hat maps a compiled F.layer_norm kept for the backward in a
+    # transposed layout (docs/notes/2026-12-02.md); the compiled norms keep their input, mean and
+    # rstd instead (layernorm_recompute.py): no mul(sub(x, mean), rsqrt(var)) among the tensors
+    # the compiled forward outputs (what it saves for the backward included)
     def is_x_hat(node):
         target = str(node.target)
         if 'aten.mul' not in target or len(node.args) != 2:
@@ -590,14 +618,4 @@ def test_compiled_training_keeps_no_layer_norm_x_hat():
         a, b = (str(getattr(arg, 'target', '')) for arg in node.args)
         return 'aten.sub' in a and 'aten.rsqrt' in b
 
-    torch.manual_seed(0)
-    with compiled_partitions() as found:  # inductor's partitions, its caches off
-        model = VMamba(dict(dims=16, depths=(1, 1, 1, 1)), out_indices=(3, ),
-                       drop_path_rate=0.0, compile=dict(mode='default'))  # compiled afresh
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            out = model(torch.randn(1, 3, 64, 64))
-    out[0].float().sum().backward()
-    assert found, 'no compiled forward was partitioned'
-    outputs = [n for forward, _ in found for n in forward.graph.output_node().args[0]]
-    saved = [n for n in outputs if getattr(n, 'op', '') == 'call_function']
-    assert not [n.name for n in saved if is_x_hat(n)]
+    assert not [n.name for n in _compiled_forward_saves() if is_x_hat(n)]

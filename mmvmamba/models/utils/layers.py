@@ -4,6 +4,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from vmamba_kernels import layer_norm_2d
 
+from .recompute import run_recomputed
+
 
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch per sample with probability ``p``."""
@@ -115,8 +117,9 @@ class Mlp(nn.Module):
         recompute_act (bool): while training, keep only fc1's output for the backward and
             recompute the GELU there (one elementwise pass) instead of holding its output,
             ``hidden`` channels per pixel: for VMamba-T at batch 128 about 1.5 GiB less
-            activation memory. Taken in eager mode with gradients and no dropout; under
-            ``torch.compile`` inductor chooses what to recompute. Default: False.
+            activation memory. Taken with gradients, no dropout and the exact GELU; under
+            ``torch.compile`` as a checkpointed GELU -> fc2, of which the compiled backward
+            recomputes the GELU alone. Default: False.
     """
 
     def __init__(self, dim, hidden, drop=0., recompute_act=False):
@@ -130,7 +133,15 @@ class Mlp(nn.Module):
     def forward(self, x):
         h = self.fc1(x)
         if (self.recompute_act and torch.is_grad_enabled() and self.drop.p == 0
-                and not torch.compiler.is_compiling() and self.act.approximate == 'none'):
+                and self.act.approximate == 'none'):
+            if torch.compiler.is_compiling():
+                # inductor's partitioner keeps the GELU's output, which fc2's weight gradient
+                # reads (it does not recompute a tensor that a matmul of the backward reads);
+                # a checkpointed region it recomputes: the backward gets fc1's output alone
+                return run_recomputed(self._act_fc2, h, [h, *self.fc2.parameters()])
             out = _GeluLinear.apply(h.permute(0, 2, 3, 1), self.fc2.weight, self.fc2.bias)
             return out.permute(0, 3, 1, 2)
         return self.drop(self.fc2(self.drop(self.act(h))))
+
+    def _act_fc2(self, h):
+        return self.fc2(self.act(h))
