@@ -99,6 +99,12 @@ def build_timm(name):
     return timm.create_model(name, pretrained=False, num_classes=1000)
 
 
+# how the labels of :func:`models_to_compare` name the peers (every other label is a VMamba
+# config's), which :func:`launches_of` and :func:`default_reference` tell them apart by
+MMPRETRAIN_PEER, TIMM_PEER = 'mmpretrain ', 'timm '
+PEER_PREFIXES = (MMPRETRAIN_PEER, TIMM_PEER)
+
+
 def models_to_compare(args):
     """(label, builder) pairs, VMamba's first."""
     entries = []
@@ -107,12 +113,9 @@ def models_to_compare(args):
         cfg = _common.load_config(path, args.cfg_options)
         label = osp.splitext(osp.basename(path))[0].split('_')[0] + options
         entries.append((label, lambda cfg=cfg: _common.build_plain_classifier(cfg)))
-    entries += [(f'mmpretrain {p}', lambda p=p: build_peer(p)) for p in args.peers]
-    entries += [(f'timm {t}', lambda t=t: build_timm(t)) for t in args.timm]
+    entries += [(MMPRETRAIN_PEER + p, lambda p=p: build_peer(p)) for p in args.peers]
+    entries += [(TIMM_PEER + t, lambda t=t: build_timm(t)) for t in args.timm]
     return entries
-
-
-PEER_PREFIXES = ('mmpretrain ', 'timm ')
 
 
 def launches_of(args, label):
