@@ -74,8 +74,9 @@ class VMamba(BaseModule):
             SiLU runs under activation checkpointing (see :class:`SS2D`, ``recompute_input``):
             two d_inner-wide maps per block (the conv's input and output) are not held between
             forward and backward, for one more in_proj GEMM, conv and SiLU per block in the
-            backward. Most useful at ssm_ratio 2 (S, B), where those maps are twice the block's
-            width (docs/notes/2026-12-06.md). Default: False.
+            backward; under ``torch.compile`` a third, the scan's input, is recomputed too.
+            Most useful at ssm_ratio 2 (S, B), where those maps are twice the block's width
+            (docs/notes/2026-12-06.md). Default: False.
         scan_backend (str, optional): 'auto' | 'triton' | 'torch' for the selective scan and
             the channel-first LayerNorms (None: ``$VMAMBA_SCAN_BACKEND`` or auto: Triton on
             CUDA, torch on CPU).
