@@ -286,13 +286,20 @@ def test_recompute_stem_only_where_the_stem_trains(monkeypatch):
     assert not calls
 
 
-@pytest.mark.parametrize('option', ['recompute_stem', 'recompute_ssm_input', 'recompute_mlp_act'])
-def test_recompute_option_under_torch_compile_matches_eager(option):
+ALL_MEMORY_OPTIONS = dict(with_cp=True, memory_efficient_norm=True, recompute_stem=True,
+                          recompute_ssm_input=True, recompute_mlp_act=True)
+
+
+@pytest.mark.parametrize('options', [
+    dict(recompute_stem=True), dict(recompute_ssm_input=True), dict(recompute_mlp_act=True),
+    ALL_MEMORY_OPTIONS],  # the three checkpointed regions nested in with_cp's
+    ids=['recompute_stem', 'recompute_ssm_input', 'recompute_mlp_act', 'all'])
+def test_recompute_option_under_torch_compile_matches_eager(options):
     torch.manual_seed(0)
     arch = dict(dims=8, depths=(1, 1, 1, 1), ssm_ratio=2.0)
     eager = VMamba(arch, drop_path_rate=0.0).train()
     compiled = VMamba(arch, drop_path_rate=0.0, compile=dict(backend='aot_eager'),
-                      **{option: True}).train()
+                      **options).train()
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(2, 3, 32, 32)
     grads = []
