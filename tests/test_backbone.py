@@ -5,7 +5,7 @@ import torch
 from mmengine.registry import DefaultScope
 
 from mmvmamba.models import VMamba
-from mmvmamba.models.utils.layers import LayerNorm2d, Linear2d
+from mmvmamba.models.utils.layers import LayerNorm2d, Linear2d, channel_first
 
 SMALL = dict(dims=8, depths=(1, 1, 2, 1))
 
@@ -452,6 +452,28 @@ def test_linear2d_half_precision_path_matches_the_1x1_convolution(channels_last)
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
     out16 = layer.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert ((out16.float() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.parametrize('layout', ['channels_last', 'contiguous', 'transposed'])
+def test_channel_first_hands_back_the_gradient_in_the_input_layout(layout):
+    # the SS2D conv output is channels-last; its gradient must come back channels-last (cuDNN's
+    # conv backward otherwise copies it), with the values of plain .contiguous()
+    torch.manual_seed(0)
+    leaf = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    x = {'channels_last': lambda t: t.contiguous(memory_format=torch.channels_last),
+         'contiguous': lambda t: t * 1, 'transposed': lambda t: t.transpose(2, 3)}[layout](leaf)
+    seen = []
+    x.register_hook(seen.append)  # a non-leaf: its gradient keeps the layout autograd gives it
+    grad = torch.randn(x.shape, dtype=torch.float64)
+    out = channel_first(x)
+    assert out.is_contiguous() and torch.equal(out, x.detach().contiguous())
+    (out * grad).sum().backward()
+    assert torch.equal(seen[0], grad)
+    if layout == 'channels_last':
+        assert seen[0].is_contiguous(memory_format=torch.channels_last)
+        assert not seen[0].is_contiguous()
+    with torch.no_grad():
+        assert channel_first(x).is_contiguous()
 
 
 def test_layernorm2d_triton_path_output_layout_and_dtype_under_autocast():

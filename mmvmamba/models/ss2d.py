@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from vmamba_kernels import ss2d_scan
 
-from .utils.layers import LayerNorm2d, Linear2d
+from .utils.layers import LayerNorm2d, Linear2d, channel_first
 from .utils.recompute import run_recomputed
 
 NUM_DIRECTIONS = 4
@@ -73,13 +73,13 @@ class SS2D(nn.Module):
 
     def _scan_input(self, x):
         """in_proj -> depthwise conv -> SiLU: the scan's input, channel-first and contiguous as
-        the scan reads it (a channels-last convolution output is copied once), and the gate z
-        (None without gate)."""
+        the scan reads it (a channels-last convolution output is copied once, its gradient
+        copied back: :func:`channel_first`), and the gate z (None without gate)."""
         x = self.in_proj(x)
         z = None
         if self.gate:
             x, z = x.chunk(2, dim=1)
-        return self.act(self.conv2d(x)).contiguous(), z
+        return channel_first(self.act(self.conv2d(x))), z
 
     def forward(self, x):
         if self.recompute_input:

@@ -23,6 +23,35 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
+class _ChannelFirst(torch.autograd.Function):
+    """``x.contiguous()`` whose gradient keeps ``x``'s layout: a channels-last ``x`` gets a
+    channels-last gradient. Plain ``contiguous`` hands back its output's channel-first
+    gradient, so the ops before it (a SiLU after a depthwise convolution that runs channels-last)
+    met a gradient in another layout than their saved tensors, and cuDNN's convolution backward
+    converted it with a copy of its own; here the conversion is an op of the graph, which
+    ``torch.compile`` can fuse into the kernel computing the gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.channels_last = (not x.is_contiguous()
+                             and x.is_contiguous(memory_format=torch.channels_last))
+        return x.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.channels_last:
+            return grad.contiguous(memory_format=torch.channels_last)
+        return grad
+
+
+def channel_first(x):
+    """``x`` as a contiguous (channel-first) NCHW map, its gradient in ``x``'s layout
+    (:class:`_ChannelFirst`)."""
+    if x.is_contiguous() or not (torch.is_grad_enabled() and x.requires_grad):
+        return x.contiguous()
+    return _ChannelFirst.apply(x)
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW map (parameters shaped like nn.LayerNorm's).
 
