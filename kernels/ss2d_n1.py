@@ -392,110 +392,126 @@ def _run_passes(launch, placeholder, summary_shape, merged, backward):
     launch(_segment_entries(sums, merged, backward), sums, False)
 
 
-def _forward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
+def _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
                      cols_t, save, pre_given, block_c, block_l, num_warps, segments):
-    """Empty float32 y, yt, states of the forward launch (also its fake implementation)."""
+    """Empty float32 y, states of the forward launch (also its fake implementation)."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
-    shapes = (x.shape, xt.shape if cols_t else (0, ),
-              (batch, 4, channels, triton.cdiv(length, block_l)) if save else (1, ))
+    shapes = (x.shape, (batch, 4, channels, triton.cdiv(length, block_l)) if save else (1, ))
     return tuple(x.new_empty(shape, dtype=torch.float32) for shape in shapes)
 
 
+def _transposed(t, dtype=None):
+    """``t`` (batch, C, H, W) as a contiguous (batch, C, W, H) map (or an empty one of that
+    shape in ``dtype``): what the column directions of a ``cols_t`` launch read or write."""
+    if dtype is not None:
+        return t.new_empty((*t.shape[:2], t.shape[3], t.shape[2]), dtype=dtype)
+    return t.transpose(2, 3).contiguous()
+
+
 @opaque_under_compile('ss2d_n1_fwd', _forward_outputs)
-def _launch_forward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.Tensor,
-                    dt_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
-                    Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor], height: int,
-                    width: int, merged: bool, cols_t: bool, save: bool, pre_given: bool,
-                    block_c: int, block_l: int, num_warps: int, segments: int
-                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The forward launch: returns y, yt (empty unless ``cols_t``) and the chunk start states
-    (a placeholder unless ``save``), all float32. ``pre_given``: ``dt_low`` is the projected dt
-    (:func:`_projected_dt`) instead. ``segments`` > 1: each walk is split into that many runs
-    of chunks, one program each, after a pre-pass that finds the state entering each."""
+def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
+                    dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
+                    D: Optional[torch.Tensor], height: int, width: int, merged: bool,
+                    cols_t: bool, save: bool, pre_given: bool, block_c: int, block_l: int,
+                    num_warps: int, segments: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The forward launch: returns y and the chunk start states (a placeholder unless
+    ``save``), float32. ``cols_t``: the column directions read a transposed copy of the map and
+    write a transposed sum, added into y here, so y holds all four directions either way (one
+    opaque operator: a compiled graph sees neither transpose nor the second float32 map).
+    ``pre_given``: ``dt_low`` is the projected dt (:func:`_projected_dt`) instead.
+    ``segments`` > 1: each walk is split into that many runs of chunks, one program each, after
+    a pre-pass that finds the state entering each."""
     channels, rank, length = dt_weight.shape[1], dt_weight.shape[2], dt_low.shape[-1]
-    y, yt, states = _forward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
-                                     width, merged, cols_t, save, pre_given, block_c, block_l,
-                                     num_warps, segments)
+    y, states = _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
+                                 merged, cols_t, save, pre_given, block_c, block_l, num_warps,
+                                 segments)
+    xt, yt = (_transposed(x), _transposed(x, torch.float32)) if cols_t else (x, y)
     n_chunks, per_segment, n_segments = _segment_layout(length, block_l, segments)
     grid = (triton.cdiv(channels, block_c), x.shape[0], n_segments)
 
     def launch(entries, sums, summary):
         _ss2d_fwd_n1_kernel[grid](
-            x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
-            D if D is not None else A, y, yt if cols_t else y, states, entries, sums, channels,
+            x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, y, yt,
+            states, entries, sums, channels,
             height, width, length, rank, n_chunks, n_segments, per_segment,
             sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, SAVE_STATES=save,
             MERGED=merged, COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1,
             SUMMARY=summary, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
 
     _run_passes(launch, states, (x.shape[0], 4, channels, n_segments), merged, False)
-    return y, yt, states
+    if cols_t:
+        y.add_(yt.transpose(2, 3))
+    return y, states
 
 
-def _backward_outputs(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height,
-                      width, merged, cols_t, pre_given, block_c, block_l, num_warps, segments):
-    """Empty dx, dxt, dpre, dbias, dA, dB, dC, dD of the backward launch (also its fake
+def _backward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width,
+                      merged, cols_t, pre_given, block_c, block_l, num_warps, segments):
+    """Empty dx, dpre, dbias, dA, dB, dC, dD of the backward launch (also its fake
     implementation): float32, but dpre in the dt projection's dtype (:func:`_projection_dtype`).
     """
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
     per_channel = (batch * _segment_layout(length, block_l, segments)[2], 4 * channels)
     partials = (batch, 4, triton.cdiv(channels, block_c), length)
-    shapes = (x.shape, xt.shape if cols_t else (0, ), (batch, 4, channels, length), per_channel,
-              per_channel, partials, partials, per_channel)
-    return tuple(x.new_empty(shape, dtype=_projection_dtype(dt_low.dtype) if i == 2 else
+    shapes = (x.shape, (batch, 4, channels, length), per_channel, per_channel, partials,
+              partials, per_channel)
+    return tuple(x.new_empty(shape, dtype=_projection_dtype(dt_low.dtype) if i == 1 else
                              torch.float32) for i, shape in enumerate(shapes))
 
 
 @opaque_under_compile('ss2d_n1_bwd', _backward_outputs)
-def _launch_backward(x: torch.Tensor, xt: Optional[torch.Tensor], dt_low: torch.Tensor,
-                     dt_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
-                     Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor],
-                     states: torch.Tensor, dy: torch.Tensor, dyt: Optional[torch.Tensor],
+def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
+                     dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
+                     D: Optional[torch.Tensor], states: torch.Tensor, dy: torch.Tensor,
                      height: int, width: int, merged: bool, cols_t: bool, pre_given: bool,
                      block_c: int, block_l: int, num_warps: int, segments: int
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward launch: returns float32 dx, dxt (empty unless ``cols_t``), d(delta
-    pre-activation) in walked order (in the projection's dtype), and float32 partials of d
-    dt_bias, dA, dD (per image and segment) and dB, dC (per channel block, walked order).
-    ``segments`` as in the forward launch (the carried gradient enters each segment)."""
+                                torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward launch: returns float32 dx, d(delta pre-activation) in walked order (in
+    the projection's dtype), and float32 partials of d dt_bias, dA, dD (per image and segment)
+    and dB, dC (per channel block, walked order). ``cols_t`` as in the forward launch: the
+    column directions read transposed copies of x and dy and write a transposed dx, added into
+    dx here. ``segments`` as in the forward launch (the carried gradient enters each
+    segment)."""
     batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
     length = dt_low.shape[-1]
-    dx, dxt, dpre, dbias, dA, dB, dC, dD = _backward_outputs(
-        x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, dyt, height, width, merged,
-        cols_t, pre_given, block_c, block_l, num_warps, segments)
+    dx, dpre, dbias, dA, dB, dC, dD = _backward_outputs(
+        x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width, merged, cols_t,
+        pre_given, block_c, block_l, num_warps, segments)
+    if cols_t:
+        xt, dyt, dxt = _transposed(x), _transposed(dy), _transposed(x, torch.float32)
+    else:
+        xt, dyt, dxt = x, dy, dx
     n_cblocks = dB.shape[2]
     n_chunks, per_segment, n_segments = _segment_layout(length, block_l, segments)
 
     def launch(entries, sums, summary):
         _ss2d_bwd_n1_kernel[(n_cblocks, batch, n_segments)](
-            x, xt if cols_t else x, dt_low, dt_weight, dt_bias, A, Bs, Cs,
-            D if D is not None else A, states, dy, dyt if cols_t else dy, dx,
-            dxt if cols_t else dx, dpre, dbias, dA, dB, dC, dD, entries, sums, channels, height,
+            x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, states, dy,
+            dyt, dx, dxt, dpre, dbias, dA, dB, dC, dD, entries, sums, channels, height,
             width, length, rank, n_chunks, n_cblocks, n_segments, per_segment,
             sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, MERGED=merged,
             COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1, SUMMARY=summary,
             BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
 
     _run_passes(launch, dA, (batch, 4, channels, n_segments), merged, True)
-    return dx, dxt, dpre, dbias, dA, dB, dC, dD
+    if cols_t:
+        dx.add_(dxt.transpose(2, 3))
+    return dx, dpre, dbias, dA, dB, dC, dD
 
 
 class SS2DScanN1Function(torch.autograd.Function):
     """Forward and backward launches of the d_state = 1 kernels.
 
-    merged=True: ``x`` is the (batch, C, H, W) map, dt_low, Bs, Cs (batch, 4, ., L) row-major.
-    With ``cols_t``, ``xt`` is x's transpose (batch, C, W, H), contiguous, which the column
-    directions read (with their dt_low / Bs / Cs rows copied column-major); returns (y, yt)
-    float32, the sums of directions 0 + 2 as (batch, C, H, W) and of 1 + 3 as (batch, C, W, H).
-    Without ``cols_t`` the column directions walk x with a stride too (``xt`` is None: dynamo
-    cannot trace the same tensor passed twice) and y holds all four directions; yt is empty.
-    merged=False (the benchmark's unfused baseline): ``x`` is the (batch, 4, C, L) cross scan, every
-    input in scan order, ``xt`` None; returns (y per direction (batch, 4, C, L), empty).
+    merged=True: ``x`` is the (batch, C, H, W) map, dt_low, Bs, Cs (batch, 4, ., L) row-major;
+    returns float32 y (batch, C, H, W), the sum of the four directions. With ``cols_t`` the
+    launches give the column directions a transposed copy of the map (and their dt_low / Bs / Cs
+    rows copied column-major); without, those directions walk x with a stride.
+    merged=False (the benchmark's unfused baseline): ``x`` is the (batch, 4, C, L) cross scan,
+    every input in scan order; returns y per direction (batch, 4, C, L).
     """
 
     @staticmethod
-    def forward(ctx, x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
+    def forward(ctx, x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
                 cols_t, cfg, bwd_cfg, project_first=False, whole_map=None):
         whole_map = whole_map if merged else None
         cols_t = merged and cols_t and whole_map is None
@@ -512,48 +528,41 @@ class SS2DScanN1Function(torch.autograd.Function):
         if whole_map is not None:
             y = launch_forward_map(x, dt_src, dt_weight, dt_bias, A, bs, cs, D, project_first,
                                    *whole_map)
-            yt, states = y.new_empty((0, )), None
+            states = None
         else:
-            y, yt, states = _launch_forward(
-                x, xt, dt_src, dt_weight, dt_bias, A, bs, cs, D, height, width, merged, cols_t,
+            y, states = _launch_forward(
+                x, dt_src, dt_weight, dt_bias, A, bs, cs, D, height, width, merged, cols_t,
                 save, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
                 cfg['segments'])
         del dt_src, bs, cs
-        if not cols_t:
-            ctx.mark_non_differentiable(yt)
         if save:
-            # xt is not kept: the backward transposes x again (cheaper than holding both)
+            # the transposed map is not kept: the backward launch transposes x again (cheaper
+            # than holding both)
             ctx.save_for_backward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states)
             ctx.meta = (height, width, merged, cols_t, project_first, bwd_cfg, whole_map)
-        return y, yt
+        return y
 
     @staticmethod
-    def backward(ctx, dy, dyt):
+    def backward(ctx, dy):
         # the GEMMs below in the projection's dtype, as in eager, also when a compiled backward
         # is traced under the forward's autocast (torch._functorch.config.backward_pass_autocast)
-        with torch.autocast(dy.device.type if dy is not None else dyt.device.type,
-                            enabled=False):
-            return SS2DScanN1Function._backward(ctx, dy, dyt)
+        with torch.autocast(dy.device.type, enabled=False):
+            return SS2DScanN1Function._backward(ctx, dy)
 
     @staticmethod
-    def _backward(ctx, dy, dyt):
+    def _backward(ctx, dy):
         saved = ctx.saved_tensors
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states = saved
         height, width, merged, cols_t, project_first, cfg, whole_map = ctx.meta
-        dy = dy.contiguous() if dy is not None else torch.zeros_like(x, dtype=torch.float32)
+        dy = dy.contiguous()
         if whole_map is not None:
             return SS2DScanN1Function._backward_map(ctx, saved, dy)
-        if cols_t:
-            xt = x.transpose(2, 3).contiguous()
-            dyt = dyt.contiguous() if dyt is not None else torch.zeros_like(xt, dtype=dy.dtype)
-        else:
-            xt, dyt = None, None
         # the forward's kernel inputs again (recomputed rather than held); dt_in_order is in the
         # order d(pre-activation) comes back in
         dt_in_order, dt_src, bs, cs = _kernel_rows(dt_low, dt_weight, Bs, Cs, height, width,
                                                    cols_t, project_first)
-        dx, dxt, dpre, dbias, dA, dB, dC, dD = _launch_backward(
-            x, xt, dt_src, dt_weight, dt_bias, A, bs, cs, D, states, dy, dyt, height, width,
+        dx, dpre, dbias, dA, dB, dC, dD = _launch_backward(
+            x, dt_src, dt_weight, dt_bias, A, bs, cs, D, states, dy, height, width,
             merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
             cfg['segments'])
         del dt_src, bs, cs
@@ -561,8 +570,7 @@ class SS2DScanN1Function(torch.autograd.Function):
         dB, dC = dB.sum(2, keepdim=True), dC.sum(2, keepdim=True)
         if cols_t:  # back to row-major
             ddtl, dB, dC = (_odd_directions_by_column(t, width, height) for t in (ddtl, dB, dC))
-        return (dx.to(x.dtype), dxt.to(x.dtype) if cols_t else None) + _parameter_grads(
-            saved, ddtl, dw, dbias, dA, dB, dC, dD)
+        return (dx.to(x.dtype), ) + _parameter_grads(saved, ddtl, dw, dbias, dA, dB, dC, dD)
 
     @staticmethod
     def _backward_map(ctx, saved, dy):
@@ -575,7 +583,7 @@ class SS2DScanN1Function(torch.autograd.Function):
             _projection_dtype(dt_low.dtype))
         del dt_src, bs, cs
         ddtl, dw = _projection_grads(dt_weight, dt_in_order, dpre)
-        return (dx.to(x.dtype), None) + _parameter_grads(
+        return (dx.to(x.dtype), ) + _parameter_grads(
             saved, ddtl, dw, dbias, dA, dB.sum(2, keepdim=True), dC.sum(2, keepdim=True), dD)
 
 
@@ -589,7 +597,7 @@ def _projection_grads(dt_weight, dt_in_order, dpre):
 
 
 def _parameter_grads(saved, ddtl, dw, dbias, dA, dB, dC, dD):
-    """The gradients after x's (and xt's), in the dtypes of the ``saved`` inputs, the per-batch
+    """The gradients after x's, in the dtypes of the ``saved`` inputs, the per-batch
     partials summed."""
     _, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, _ = saved
     return (ddtl.to(dt_low.dtype), dw.to(dt_weight.dtype),
@@ -682,7 +690,8 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     On large maps (``transpose_columns`` None: H * W >= ``TRANSPOSE_FROM_LENGTH``) the column
     directions (1, 3) read a transposed copy of the map and write a transposed output, so every
     access to the map is contiguous (their few dt_low / Bs / Cs rows are copied column-major);
-    the two transposes (the map, the final sum) are torch ops whose gradients autograd handles.
+    the transposes (the map, the column sum; in the backward the map, dy and the column
+    gradient) happen inside the launches, so a compiled graph holds one float32 output per scan.
     On the H100 at 56 x 56 this halves the forward (docs/kernels.md); on small maps the strided
     walk stays in cache and the copies would cost more than they save.
 
@@ -720,23 +729,21 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     if whole_map:
         map_cfg = map_launch_config(height, width, map_block_c, map_num_warps,
                                     forward_only=inference)
-        return SS2DScanN1Function.apply(x, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+        return SS2DScanN1Function.apply(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                         width, True, False, cfg, bwd_cfg, project_first,
-                                        map_cfg)[0]
+                                        map_cfg)
     if transpose_columns is None:
         transpose_columns = length >= TRANSPOSE_FROM_LENGTH
     if not transpose_columns:
-        return SS2DScanN1Function.apply(x, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
-                                        width, True, False, cfg, bwd_cfg, project_first)[0]
+        return SS2DScanN1Function.apply(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+                                        width, True, False, cfg, bwd_cfg, project_first)
     for name, launch in (('segments', cfg), ('bwd_segments', bwd_cfg)):
         if tiles.get(name) is None:  # split long walks only where asked to (auto_segments)
             launch['segments'] = auto_segments(
                 x.shape[0] * triton.cdiv(x.shape[1], launch['BLOCK_C']),
                 triton.cdiv(length, launch['BLOCK_L']))
-    xt = x.transpose(2, 3).contiguous()
-    y, yt = SS2DScanN1Function.apply(x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
-                                     width, True, True, cfg, bwd_cfg, project_first)
-    return y + yt.transpose(2, 3)
+    return SS2DScanN1Function.apply(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
+                                    True, True, cfg, bwd_cfg, project_first)
 
 
 def ss2d_scan_n1_unfused(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
@@ -744,5 +751,5 @@ def ss2d_scan_n1_unfused(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, w
     """The d_state 1 kernel over inputs already cross-scanned into (batch, 4, ., L) scan order
     (the benchmark's unfused baseline); returns per-direction (batch, 4, C, L)."""
     cfg, bwd_cfg = n1_launch_config(height * width, **(config or {}))
-    return SS2DScanN1Function.apply(xs, None, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
-                                    width, False, False, cfg, bwd_cfg)[0]
+    return SS2DScanN1Function.apply(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
+                                    width, False, False, cfg, bwd_cfg)
