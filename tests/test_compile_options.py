@@ -30,6 +30,17 @@ def test_an_unknown_mode_is_named():
         vmamba_compile_kwargs(mode='fastest')
 
 
+def test_an_unknown_compile_argument_is_named_when_the_backbone_is_built():
+    with pytest.raises(ValueError, match=r"\['mood'\].*'mode'"):
+        vmamba_compile_kwargs(mood='reduce-overhead')
+    # from a config (model.backbone.compile.mood=...): refused at build, not at the first forward
+    with pytest.raises(ValueError, match="'mood'"):
+        VMamba(dict(dims=8, depths=(1, 1, 1, 1)), compile=dict(mood='reduce-overhead'))
+    with pytest.raises(ValueError, match="'fastest'"):
+        VMamba(dict(dims=8, depths=(1, 1, 1, 1)), compile=dict(mode='fastest'))
+    VMamba(dict(dims=8, depths=(1, 1, 1, 1)), compile=dict(mode='reduce-overhead', dynamic=False))
+
+
 def test_compile_model_turns_the_option_on_only_for_models_holding_vmamba(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, 'compile', lambda model, **kw: calls.append(kw) or model)

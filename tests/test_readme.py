@@ -3,6 +3,7 @@ written to a file, parsed, their model built and their datasets built and read a
 generated folder; Python snippets are executed; each command's files must exist, its configs
 parse, its tool must answer ``--help`` (shell launchers: parse), ``make`` targets must exist,
 and the ONNX export runs for real. A README example that breaks fails here."""
+import argparse
 import os
 import os.path as osp
 import re
@@ -83,6 +84,28 @@ def test_python_api_snippets_run():
             exec(compile(snippet, 'README.md', 'exec'), {})
 
 
+def _build_backbone_with_options(cfg, words, cmd):
+    """A command's ``--cfg-options KEY=VALUE ...`` merged as the tools merge them; the backbone
+    is then built, so a misspelt or mistyped option fails here."""
+    from mmengine.config import DictAction
+    from mmengine.registry import init_default_scope
+    from mmvmamba.models import VMamba
+    start = words.index('--cfg-options') + 1
+    pairs = []
+    for word in words[start:]:
+        if word.startswith('--'):
+            break
+        pairs.append(word)
+    assert pairs, cmd
+    parsed = argparse.Namespace()
+    DictAction(option_strings=[], dest='cfg_options')(None, parsed, pairs)
+    cfg.merge_from_dict(parsed.cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    backbone = dict(cfg.model.backbone)
+    assert backbone.pop('type') == 'VMamba', cmd
+    VMamba(**backbone)
+
+
 def _check_command(cmd, tmp_path):
     words = cmd.split()
     if words[0] == 'make':
@@ -94,7 +117,9 @@ def _check_command(cmd, tmp_path):
         if word.startswith(('configs/', 'tools/')):
             assert osp.exists(osp.join(ROOT, word)), (cmd, word)
             if word.endswith('.py') and word.startswith('configs/'):
-                Config.fromfile(osp.join(ROOT, word))
+                cfg = Config.fromfile(osp.join(ROOT, word))
+                if '--cfg-options' in words:
+                    _build_backbone_with_options(cfg, words, cmd)
     script = next(w for w in words if w.startswith('tools/'))
     if script.endswith('.sh'):
         proc = subprocess.run(['bash', '-n', osp.join(ROOT, script)], capture_output=True)

@@ -124,6 +124,8 @@ class VMamba(BaseModule):
         # a dict, even an empty one, means "compile with these arguments"; False means eager
         self.compile_cfg = (dict(compile) if isinstance(compile, dict) else
                             {} if compile else None)
+        if self.compile_cfg is not None:  # a bad argument fails here, not at the first forward
+            vmamba_compile_kwargs(**self.compile_cfg)
         cfg = self._arch_config(arch)
         dims = cfg['dims']
         dims = [dims * 2**i for i in range(len(cfg['depths']))] if isinstance(dims, int) else list(

@@ -9,17 +9,27 @@ compiled alone with it forced on, and so were float32 graphs. Every compile of V
 repository therefore goes through :func:`vmamba_compile_kwargs`, and :func:`compile_model`
 offers the same to users who compile a whole classifier, detector or segmentor.
 """
+import inspect
+
 import torch
 import torch.nn as nn
 
 __all__ = ['vmamba_compile_kwargs', 'compile_model']
+
+# the keyword arguments torch.compile takes besides the model
+COMPILE_ARGUMENTS = frozenset(inspect.signature(torch.compile).parameters) - {'model'}
 
 
 def vmamba_compile_kwargs(**cfg) -> dict:
     """``cfg`` (torch.compile's keyword arguments) with ``layout_optimization=False`` among
     inductor's options. Inductor takes ``mode`` or ``options``, not both: a ``mode`` is
     turned into its options (``torch._inductor.list_mode_options``) so that the two can be
-    merged; an option the caller sets wins. Other backends get ``cfg`` unchanged."""
+    merged; an option the caller sets wins. Other backends get ``cfg`` unchanged. A key
+    torch.compile does not take, or an unknown ``mode``, is a ValueError naming it."""
+    unknown = sorted(set(cfg) - COMPILE_ARGUMENTS)
+    if unknown:
+        raise ValueError(f'unknown torch.compile argument(s) {unknown}; torch.compile takes '
+                         f'{sorted(COMPILE_ARGUMENTS)}')
     cfg = dict(cfg)
     if cfg.get('backend', 'inductor') != 'inductor':
         return cfg
