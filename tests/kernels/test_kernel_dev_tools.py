@@ -27,6 +27,12 @@ def test_kernel_sass_counts_the_chunk_loop_of_both_kernels():
 
     forward = per_element()
     assert 20 < forward < 1000
+    # and every direction's loop, the first one's count first
+    out = subprocess.run([sys.executable, tool], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    first = int(re.search(r'first chunk loop (\d+) instructions', out).group(1))
+    loops = re.findall(r'(\d+) \((\d+)\)', out.split('every chunk loop')[1])
+    assert len(loops) == 4 and int(loops[0][0]) == first, out
     # the backward does more per element than the forward (it recomputes it)
     backward = per_element('--kernel', 'bwd', '--block-c', '2', '--warps', '1')
     assert backward > forward

@@ -11,6 +11,9 @@ left in the chunk loop (a run-time bound) is counted once.
         [--block-l 64] [--warps 4] [--rank 6] [--pre-given] [--strided-columns] [--length 3136]
         [--map 16x16] [--lines 15]
 
+It also lists every chunk loop's instruction and shuffle counts (one loop per direction: the
+directions walked backwards differ from the first).
+
 The whole-map kernels (``kernels/ss2d_n1_map.py``, map-fwd / map-bwd) have no chunk loop: their
 whole code is counted, per padded position of the tile. Registers and stack (spills) per thread
 come from the bundled ``cuobjdump``.
@@ -125,8 +128,9 @@ def disassemble(cubin):
     return run_on_cubin('nvdisasm', ['-c', '-g'], cubin).split('\n')
 
 
-def first_chunk_loop(lines, min_length=150):
-    """(first, last) line of the first loop (a backward branch) longer than ``min_length``."""
+def chunk_loops(lines, min_length=150):
+    """(first, last) lines of the loops (backward branches) longer than ``min_length``, in code
+    order: the chunked kernels' chunk loops, one per direction."""
     labels = {m.group(1): i for i, line in enumerate(lines)
               for m in [re.match(r'^(\.L_x_\d+):', line)] if m}
     loops = [(labels[m.group(1)], i) for i, line in enumerate(lines)
@@ -135,7 +139,12 @@ def first_chunk_loop(lines, min_length=150):
     long_loops = sorted(loop for loop in loops if loop[1] - loop[0] > min_length)
     if not long_loops:
         raise RuntimeError('no chunk loop found in the disassembly')
-    return long_loops[0]
+    return long_loops
+
+
+def first_chunk_loop(lines, min_length=150):
+    """(first, last) line of the first chunk loop (:func:`chunk_loops`)."""
+    return chunk_loops(lines, min_length)[0]
 
 
 def count(lines, first, last):
@@ -202,6 +211,11 @@ def main(argv=None):
                 f'per element ({per_thread:g} elements per thread)')
     print(f'{what}; {registers} registers, {stack} bytes of stack per thread')
     print('opcodes: ' + ', '.join(f'{k} {v}' for k, v in opcodes.most_common(14)))
+    if not args.kernel.startswith('map-'):
+        # the directions differ: those walked backwards scan their chunks in reverse
+        loops = [count(lines, a, b)[0] for a, b in chunk_loops(lines)]
+        print('every chunk loop (instructions, shuffles): ' + ', '.join(
+            f"{sum(ops.values())} ({ops['SHFL']})" for ops in loops))
     sources = {}
     for (name, number), n in by_line.most_common(args.lines):
         path = os.path.join(os.path.dirname(n1.__file__), name)  # kernels/ holds them all
