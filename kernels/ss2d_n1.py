@@ -14,9 +14,9 @@ What else differs, each measured on the H100 (docs/kernels.md):
 * Directions 2 and 3 are walked as 0 and 1 backwards: chunks last to first, each scanned with
   ``reverse=True``, so their loads are contiguous like the forward directions'.
 * On maps of >= 512 positions the column directions (1, 3) read a transposed copy of x and write
-  a transposed output (the caller transposes, and sums y + yt^T); strided column walks cost more
-  than half the time at 56 x 56. Their dt_low / Bs / Cs rows are passed column-major too (a
-  small copy), so that no access walks a row-major array by column.
+  a transposed output (the launch functions transpose, and sum y + yt^T); strided column walks
+  cost more than half the time at 56 x 56. Their dt_low / Bs / Cs rows are passed column-major
+  too (a small copy), so that no access walks a row-major array by column.
 * The backward solves g_t = C_t dy_t + a_{t+1} g_{t+1} with a 3-tuple combine
   (:func:`_combine_grad`) instead of shifting the decay by one step, and writes d(delta
   pre-activation) so that the dt projection's two gradients are batched GEMMs in the caller

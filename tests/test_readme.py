@@ -88,7 +88,6 @@ def _build_backbone_with_options(cfg, words, cmd):
     """A command's ``--cfg-options KEY=VALUE ...`` merged as the tools merge them; the backbone
     is then built, so a misspelt or mistyped option fails here."""
     from mmengine.config import DictAction
-    from mmengine.registry import init_default_scope
     from mmvmamba.models import VMamba
     start = words.index('--cfg-options') + 1
     pairs = []
@@ -100,7 +99,6 @@ def _build_backbone_with_options(cfg, words, cmd):
     parsed = argparse.Namespace()
     DictAction(option_strings=[], dest='cfg_options')(None, parsed, pairs)
     cfg.merge_from_dict(parsed.cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     backbone = dict(cfg.model.backbone)
     assert backbone.pop('type') == 'VMamba', cmd
     VMamba(**backbone)
