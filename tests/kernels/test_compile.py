@@ -250,3 +250,37 @@ def test_compiled_model_on_the_triton_path_matches_eager(memory_efficient_norm):
         assert rel_err(a, b) <= 1e-5
     for name, ref in g_eager.items():
         assert (g[name] - ref).norm() <= 1e-5 * ref.norm() + 1e-8, name
+
+
+def test_compiled_graph_holds_no_transposed_map_of_the_column_walks():
+    # on maps of >= 512 positions the column directions walk a transposed copy of the map; the
+    # launches make it and merge the transposed output themselves, so neither the forward nor
+    # the backward graph holds a (batch, C, W, H) map (the graph kept two float32 ones, and the
+    # backward two more, when the transposes were torch ops around the operators)
+    from torch._dynamo.backends.common import aot_autograd
+    torch._dynamo.reset()
+    graphs = []
+
+    def keep(gm, _):
+        graphs.append(gm)
+        return gm
+
+    inputs = make_inputs(1, 3, 23, 24, 2, 1)  # 552 positions: transposed column walks
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    compiled = torch.compile(scan_then_nonlinearity, fullgraph=True,
+                             backend=aot_autograd(fw_compiler=keep, bw_compiler=keep))
+    y, g = forward_and_grads(compiled, inputs, grad_out)
+    assert len(graphs) == 2  # forward, backward
+    batch, channels, height, width = inputs['x'].shape
+    transposed = (batch, channels, width, height)
+    shapes = [tuple(n.meta['val'].shape) for gm in graphs for n in gm.graph.nodes
+              if isinstance(n.meta.get('val'), torch.Tensor)]
+    assert shapes and transposed not in shapes, shapes
+    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == 'call_function']
+    assert sum('ss2d_n1_fwd' in t for t in targets) == 1, targets
+    assert sum('ss2d_n1_bwd' in t for t in targets) == 1, targets
+    y_ref, g_ref = forward_and_grads(reference, {k: v.double() for k, v in inputs.items()},
+                                     grad_out)
+    assert rel_err(y, y_ref) <= 1e-5
+    for name in PARAMS:
+        assert rel_err(g[name], g_ref[name]) <= 1e-5, name
