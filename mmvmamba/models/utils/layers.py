@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from vmamba_kernels import layer_norm_2d
+from vmamba_kernels.checks import wants_grad
 
 from .recompute import run_recomputed
 
@@ -47,7 +48,7 @@ class _ChannelFirst(torch.autograd.Function):
 def channel_first(x):
     """``x`` as a contiguous (channel-first) NCHW map, its gradient in ``x``'s layout
     (:class:`_ChannelFirst`)."""
-    if x.is_contiguous() or not (torch.is_grad_enabled() and x.requires_grad):
+    if x.is_contiguous() or not wants_grad(x):
         return x.contiguous()
     return _ChannelFirst.apply(x)
 
