@@ -400,12 +400,16 @@ def _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
     return tuple(x.new_empty(shape, dtype=torch.float32) for shape in shapes)
 
 
-def _transposed(t, dtype=None):
-    """``t`` (batch, C, H, W) as a contiguous (batch, C, W, H) map (or an empty one of that
-    shape in ``dtype``): what the column directions of a ``cols_t`` launch read or write."""
-    if dtype is not None:
-        return t.new_empty((*t.shape[:2], t.shape[3], t.shape[2]), dtype=dtype)
+def _transposed(t):
+    """``t`` (batch, C, H, W) as a contiguous (batch, C, W, H) map: what the column directions
+    of a ``cols_t`` launch read."""
     return t.transpose(2, 3).contiguous()
+
+
+def _transposed_output(t):
+    """An empty float32 (batch, C, W, H) map for ``t`` (batch, C, H, W): what the column
+    directions of a ``cols_t`` launch write, added back into the row-major output."""
+    return t.new_empty((*t.shape[:2], t.shape[3], t.shape[2]), dtype=torch.float32)
 
 
 @opaque_under_compile('ss2d_n1_fwd', _forward_outputs)
@@ -425,7 +429,7 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
     y, states = _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
                                  merged, cols_t, save, pre_given, block_c, block_l, num_warps,
                                  segments)
-    xt, yt = (_transposed(x), _transposed(x, torch.float32)) if cols_t else (x, y)
+    xt, yt = (_transposed(x), _transposed_output(x)) if cols_t else (x, y)
     n_chunks, per_segment, n_segments = _segment_layout(length, block_l, segments)
     grid = (triton.cdiv(channels, block_c), x.shape[0], n_segments)
 
@@ -478,7 +482,7 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width, merged, cols_t,
         pre_given, block_c, block_l, num_warps, segments)
     if cols_t:
-        xt, dyt, dxt = _transposed(x), _transposed(dy), _transposed(x, torch.float32)
+        xt, dyt, dxt = _transposed(x), _transposed(dy), _transposed_output(x)
     else:
         xt, dyt, dxt = x, dy, dx
     n_cblocks = dB.shape[2]
