@@ -524,3 +524,27 @@ def test_saved_activations_compares_vmamba_with_a_peer(capsys):
     assert any(group.startswith('backbone.stages') for group, _ in convnext['activations'])
     out = capsys.readouterr().out
     assert 'MiB of activations per image' in out and '| backbone.layers.blocks.op' in out
+
+
+def test_profile_step_profiles_one_model_a_config_or_a_peer(capsys):
+    """The model profile_step.py would profile (its CUDA part needs a GPU: tests/test_gpu.py)."""
+    import profile_step
+    for argv, says in (([], 'got 0'), (['--peer', 'swin-tiny', '--timm', 'x'], 'got 2'),
+                       (['--peer', 'resnet-50'], "'resnet-50'"),
+                       (['--peer', 'swin-tiny', '--cfg-options', 'a=1'], 'VMamba config only')):
+        with pytest.raises(SystemExit) as exc:
+            profile_step.parse_args(argv)
+        assert exc.value.code == 2 and says in capsys.readouterr().err
+    args = profile_step.parse_args(
+        [DIGITS, '--cfg-options', 'model.backbone.memory_efficient_norm=True'])
+    label, build = profile_step.model_to_profile(args)
+    assert label.endswith('model.backbone.memory_efficient_norm=True')
+    model = build()
+    assert any(getattr(m, 'memory_efficient', False) for m in model.modules())
+    label, build = profile_step.model_to_profile(profile_step.parse_args(['--peer',
+                                                                        'convnext-tiny']))
+    model = build().eval()
+    assert label == 'mmpretrain convnext-tiny'
+    assert type(model.backbone).__name__ == 'ConvNeXt'
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)

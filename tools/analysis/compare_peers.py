@@ -73,12 +73,18 @@ def _last_channels(backbone):
     return out.shape[1]
 
 
-def build_peer(name):
-    """``<family>-<arch>`` (family: swin | convnext) from mmpretrain's registry."""
+def check_peer_name(name):
+    """(family, arch) of a peer's name, ``<family>-<arch>``; ValueError naming it otherwise."""
     family, _, arch = name.partition('-')
     if family not in PEER_TYPES or not arch:
         raise ValueError(f'peer {name!r} is not <family>-<arch> with family in '
                          f'{sorted(PEER_TYPES)} (e.g. swin-tiny, convnext-base)')
+    return family, arch
+
+
+def build_peer(name):
+    """``<family>-<arch>`` (family: swin | convnext) from mmpretrain's registry."""
+    family, arch = check_peer_name(name)
     from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
     cfg = dict(type=PEER_TYPES[family], arch=arch)
