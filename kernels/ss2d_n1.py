@@ -338,9 +338,13 @@ def _segment_entries_kernel(sum_ptr, out_ptr, ROWS, CH, NSEG, SUM_STRIDE, MERGED
 
 
 def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_block_c=None,
-                     bwd_num_warps=None, segments=None, bwd_segments=None):
+                     bwd_num_warps=None, segments=None, bwd_segments=None, maxnreg=None,
+                     bwd_maxnreg=None):
     """(forward, backward) tiles: BLOCK_C channels x BLOCK_L steps (powers of two), warps, and
     the number of segments each direction's walk is split into (1: one program walks it all).
+    ``maxnreg`` / ``bwd_maxnreg``: a cap on the registers per thread of the launch's kernel
+    (Triton's launch option of that name; what does not fit spills to local memory), so that
+    more programs fit on a multiprocessor; None (0 in the returned dicts): the compiler's choice.
 
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
@@ -357,8 +361,14 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     for name, value in (('segments', segments), ('bwd_segments', bwd_segments)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f'{name} must be a positive integer, got {value!r}')
-    return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw, segments=segments or 1),
-            dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw, segments=bwd_segments or 1))
+    for name, value in (('maxnreg', maxnreg), ('bwd_maxnreg', bwd_maxnreg)):
+        if value is not None and (not isinstance(value, int) or not 24 <= value <= 255):
+            raise ValueError(f'{name} must be an integer from 24 to 255 (registers per thread) '
+                             f'or None, got {value!r}')
+    return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw, segments=segments or 1,
+                 maxnreg=maxnreg or 0),
+            dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw, segments=bwd_segments or 1,
+                 maxnreg=bwd_maxnreg or 0))
 
 
 def _segment_layout(length, block_l, segments):
@@ -393,7 +403,7 @@ def _run_passes(launch, placeholder, summary_shape, merged, backward):
 
 
 def _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
-                     cols_t, save, pre_given, block_c, block_l, num_warps, segments):
+                     cols_t, save, pre_given, block_c, block_l, num_warps, segments, maxnreg):
     """Empty float32 y, states of the forward launch (also its fake implementation)."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
     shapes = (x.shape, (batch, 4, channels, triton.cdiv(length, block_l)) if save else (1, ))
@@ -417,18 +427,20 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
                     dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
                     D: Optional[torch.Tensor], height: int, width: int, merged: bool,
                     cols_t: bool, save: bool, pre_given: bool, block_c: int, block_l: int,
-                    num_warps: int, segments: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                    num_warps: int, segments: int, maxnreg: int
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward launch: returns y and the chunk start states (a placeholder unless
     ``save``), float32. ``cols_t``: the column directions read a transposed copy of the map and
     write a transposed sum, added into y here, so y holds all four directions either way (one
     opaque operator: a compiled graph sees neither transpose nor the second float32 map).
     ``pre_given``: ``dt_low`` is the projected dt (:func:`_projected_dt`) instead.
     ``segments`` > 1: each walk is split into that many runs of chunks, one program each, after
-    a pre-pass that finds the state entering each."""
+    a pre-pass that finds the state entering each. ``maxnreg``: the kernel's register cap (0:
+    none)."""
     channels, rank, length = dt_weight.shape[1], dt_weight.shape[2], dt_low.shape[-1]
     y, states = _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
                                  merged, cols_t, save, pre_given, block_c, block_l, num_warps,
-                                 segments)
+                                 segments, maxnreg)
     xt, yt = (_transposed(x), _transposed_output(x)) if cols_t else (x, y)
     n_chunks, per_segment, n_segments = _segment_layout(length, block_l, segments)
     grid = (triton.cdiv(channels, block_c), x.shape[0], n_segments)
@@ -440,7 +452,8 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
             height, width, length, rank, n_chunks, n_segments, per_segment,
             sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, SAVE_STATES=save,
             MERGED=merged, COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1,
-            SUMMARY=summary, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
+            SUMMARY=summary, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps,
+            maxnreg=maxnreg or None)
 
     _run_passes(launch, states, (x.shape[0], 4, channels, n_segments), merged, False)
     if cols_t:
@@ -449,7 +462,7 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
 
 
 def _backward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width,
-                      merged, cols_t, pre_given, block_c, block_l, num_warps, segments):
+                      merged, cols_t, pre_given, block_c, block_l, num_warps, segments, maxnreg):
     """Empty dx, dpre, dbias, dA, dB, dC, dD of the backward launch (also its fake
     implementation): float32, but dpre in the dt projection's dtype (:func:`_projection_dtype`).
     """
@@ -467,7 +480,7 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
                      dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
                      D: Optional[torch.Tensor], states: torch.Tensor, dy: torch.Tensor,
                      height: int, width: int, merged: bool, cols_t: bool, pre_given: bool,
-                     block_c: int, block_l: int, num_warps: int, segments: int
+                     block_c: int, block_l: int, num_warps: int, segments: int, maxnreg: int
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward launch: returns float32 dx, d(delta pre-activation) in walked order (in
@@ -475,12 +488,12 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
     and dB, dC (per channel block, walked order). ``cols_t`` as in the forward launch: the
     column directions read transposed copies of x and dy and write a transposed dx, added into
     dx here. ``segments`` as in the forward launch (the carried gradient enters each
-    segment)."""
+    segment); ``maxnreg`` likewise."""
     batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
     length = dt_low.shape[-1]
     dx, dpre, dbias, dA, dB, dC, dD = _backward_outputs(
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width, merged, cols_t,
-        pre_given, block_c, block_l, num_warps, segments)
+        pre_given, block_c, block_l, num_warps, segments, maxnreg)
     if cols_t:
         xt, dyt, dxt = _transposed(x), _transposed(dy), _transposed_output(x)
     else:
@@ -495,7 +508,7 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
             width, length, rank, n_chunks, n_cblocks, n_segments, per_segment,
             sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, MERGED=merged,
             COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1, SUMMARY=summary,
-            BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps)
+            BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps, maxnreg=maxnreg or None)
 
     _run_passes(launch, dA, (batch, 4, channels, n_segments), merged, True)
     if cols_t:
@@ -537,7 +550,7 @@ class SS2DScanN1Function(torch.autograd.Function):
             y, states = _launch_forward(
                 x, dt_src, dt_weight, dt_bias, A, bs, cs, D, height, width, merged, cols_t,
                 save, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
-                cfg['segments'])
+                cfg['segments'], cfg['maxnreg'])
         del dt_src, bs, cs
         if save:
             # the transposed map is not kept: the backward launch transposes x again (cheaper
@@ -568,7 +581,7 @@ class SS2DScanN1Function(torch.autograd.Function):
         dx, dpre, dbias, dA, dB, dC, dD = _launch_backward(
             x, dt_src, dt_weight, dt_bias, A, bs, cs, D, states, dy, height, width,
             merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
-            cfg['segments'])
+            cfg['segments'], cfg['maxnreg'])
         del dt_src, bs, cs
         ddtl, dw = _projection_grads(dt_weight, dt_in_order, dpre)
         dB, dC = dB.sum(2, keepdim=True), dC.sum(2, keepdim=True)

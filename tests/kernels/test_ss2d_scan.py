@@ -116,6 +116,33 @@ def test_triton_d_state_1_segments_need_transposed_columns():
         ss2d_scan_triton(**inputs, transpose_columns=True, bwd_segments=0)
 
 
+def test_triton_d_state_1_register_caps_reach_the_launches(monkeypatch):
+    # maxnreg / bwd_maxnreg are launch options of the forward and backward kernels (the
+    # interpreter ignores them; tests/test_gpu.py checks capped kernels' results on the GPU)
+    from vmamba_kernels import ss2d_n1
+    seen = {}
+    for name in ('_ss2d_fwd_n1_kernel', '_ss2d_bwd_n1_kernel'):
+        kernel = getattr(ss2d_n1, name)
+
+        class Recorder:
+            def __getitem__(self, grid, kernel=kernel, name=name):
+                def launch(*args, **kw):
+                    seen[name] = kw['maxnreg']
+                    return kernel[grid](*args, **kw)
+                return launch
+        monkeypatch.setattr(ss2d_n1, name, Recorder())
+    inputs = make_inputs(1, 3, 4, 5, 2, 1, seed=0)
+    fn = lambda **kw: ss2d_scan_triton(**kw, block_l=16, maxnreg=64, bwd_maxnreg=88)  # noqa
+    check_against_reference(fn, inputs, 1e-5)
+    assert seen == {'_ss2d_fwd_n1_kernel': 64, '_ss2d_bwd_n1_kernel': 88}
+    check_against_reference(lambda **kw: ss2d_scan_triton(**kw, block_l=16), inputs, 1e-5)
+    assert seen == {'_ss2d_fwd_n1_kernel': None, '_ss2d_bwd_n1_kernel': None}
+    for bad in (0, 16, 256, 64.0):
+        with pytest.raises(ValueError, match=f'bwd_maxnreg must be an integer from 24 to 255 '
+                                             f'.*got {bad!r}'):
+            ss2d_scan_triton(**inputs, bwd_maxnreg=bad)
+
+
 @pytest.mark.parametrize('rank', [15, 16])
 def test_triton_d_state_1_projects_first_from_rank_16_by_default(rank, monkeypatch):
     from vmamba_kernels import ss2d_n1

@@ -67,14 +67,15 @@ def compile_map_kernel(args):
     return compile_for_sm90(fn, signature, constants, pointers, args.warps)
 
 
-def compile_for_sm90(fn, signature, constants, divisible, num_warps):
+def compile_for_sm90(fn, signature, constants, divisible, num_warps, maxnreg=None):
     """``fn`` compiled for an H100 target with the ``constants``, arguments ``divisible`` by 16
-    (as a launch specialises them)."""
+    (as a launch specialises them); ``maxnreg``: a cap on the registers per thread (ptxas
+    spills to the stack what does not fit)."""
     source = ASTSource(
         fn, signature, constexprs={(fn.arg_names.index(k), ): v for k, v in constants.items()},
         attrs={(fn.arg_names.index(k), ): [['tt.divisibility', 16]] for k in divisible})
     return triton.compile(source, target=GPUTarget('cuda', 90, 32),
-                          options=dict(num_warps=num_warps))
+                          options=dict(num_warps=num_warps, maxnreg=maxnreg))
 
 
 def run_on_cubin(tool, options, cubin):
@@ -121,7 +122,7 @@ def compile_kernel(args):
     # a launch specialises integer arguments divisible by 16 (and Triton then knows it)
     divisible = [name for name in signature if signature[name].startswith('*')] + \
         (['L'] if args.length % 16 == 0 else []) + ['CH']
-    return compile_for_sm90(fn, signature, constants, divisible, args.warps)
+    return compile_for_sm90(fn, signature, constants, divisible, args.warps, args.maxnreg)
 
 
 def disassemble(cubin):
@@ -183,6 +184,8 @@ def main(argv=None):
     parser.add_argument('--segment-pass', choices=['none', 'summary', 'main'], default='none',
                         help='fwd / bwd: the unsegmented build, or a segmented launch\'s '
                         'pre-pass or main pass')
+    parser.add_argument('--maxnreg', type=int, default=None,
+                        help='cap the registers per thread (the launch option of that name)')
     parser.add_argument('--lines', type=int, default=15, help='source lines to list')
     args = parser.parse_args(argv)
     if os.environ.get('TRITON_INTERPRET') == '1':
