@@ -344,7 +344,7 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     the number of segments each direction's walk is split into (1: one program walks it all).
     ``maxnreg`` / ``bwd_maxnreg``: a cap on the registers per thread of the launch's kernel
     (Triton's launch option of that name; what does not fit spills to local memory), so that
-    more programs fit on a multiprocessor; None (0 in the returned dicts): the compiler's choice.
+    more programs fit on a multiprocessor; None: the compiler's choice.
 
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
@@ -366,9 +366,9 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
             raise ValueError(f'{name} must be an integer from 24 to 255 (registers per thread) '
                              f'or None, got {value!r}')
     return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw, segments=segments or 1,
-                 maxnreg=maxnreg or 0),
+                 maxnreg=maxnreg),
             dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw, segments=bwd_segments or 1,
-                 maxnreg=bwd_maxnreg or 0))
+                 maxnreg=bwd_maxnreg))
 
 
 def _segment_layout(length, block_l, segments):
@@ -427,7 +427,7 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
                     dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
                     D: Optional[torch.Tensor], height: int, width: int, merged: bool,
                     cols_t: bool, save: bool, pre_given: bool, block_c: int, block_l: int,
-                    num_warps: int, segments: int, maxnreg: int
+                    num_warps: int, segments: int, maxnreg: Optional[int]
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward launch: returns y and the chunk start states (a placeholder unless
     ``save``), float32. ``cols_t``: the column directions read a transposed copy of the map and
@@ -435,7 +435,7 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
     opaque operator: a compiled graph sees neither transpose nor the second float32 map).
     ``pre_given``: ``dt_low`` is the projected dt (:func:`_projected_dt`) instead.
     ``segments`` > 1: each walk is split into that many runs of chunks, one program each, after
-    a pre-pass that finds the state entering each. ``maxnreg``: the kernel's register cap (0:
+    a pre-pass that finds the state entering each. ``maxnreg``: the kernel's register cap (None:
     none)."""
     channels, rank, length = dt_weight.shape[1], dt_weight.shape[2], dt_low.shape[-1]
     y, states = _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
@@ -453,7 +453,7 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
             sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, SAVE_STATES=save,
             MERGED=merged, COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1,
             SUMMARY=summary, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps,
-            maxnreg=maxnreg or None)
+            maxnreg=maxnreg)
 
     _run_passes(launch, states, (x.shape[0], 4, channels, n_segments), merged, False)
     if cols_t:
@@ -480,7 +480,8 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
                      dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
                      D: Optional[torch.Tensor], states: torch.Tensor, dy: torch.Tensor,
                      height: int, width: int, merged: bool, cols_t: bool, pre_given: bool,
-                     block_c: int, block_l: int, num_warps: int, segments: int, maxnreg: int
+                     block_c: int, block_l: int, num_warps: int, segments: int,
+                     maxnreg: Optional[int]
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward launch: returns float32 dx, d(delta pre-activation) in walked order (in
@@ -508,7 +509,7 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
             width, length, rank, n_chunks, n_cblocks, n_segments, per_segment,
             sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, MERGED=merged,
             COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1, SUMMARY=summary,
-            BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps, maxnreg=maxnreg or None)
+            BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps, maxnreg=maxnreg)
 
     _run_passes(launch, dA, (batch, 4, channels, n_segments), merged, True)
     if cols_t:
