@@ -30,6 +30,11 @@ def load_config(path, cfg_options=None):
     return cfg
 
 
+def options_label(cfg_options):
+    """`` KEY=VALUE`` for each of a config's ``--cfg-options`` (appended to its label)."""
+    return ''.join(f' {k}={v}' for k, v in (cfg_options or {}).items())
+
+
 def build_backbone(cfg, **overrides):
     """The config's VMamba backbone (registered in mmengine's root registry: no task library
     needed, so this also runs where only torch, triton and mmengine are installed)."""

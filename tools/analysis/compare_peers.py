@@ -114,7 +114,7 @@ PEER_PREFIXES = (MMPRETRAIN_PEER, TIMM_PEER)
 def models_to_compare(args):
     """(label, builder) pairs, VMamba's first."""
     entries = []
-    options = ''.join(f' {k}={v}' for k, v in (args.cfg_options or {}).items())
+    options = _common.options_label(args.cfg_options)
     for path in args.configs:
         cfg = _common.load_config(path, args.cfg_options)
         label = osp.splitext(osp.basename(path))[0].split('_')[0] + options

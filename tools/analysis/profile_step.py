@@ -111,8 +111,8 @@ def model_to_profile(args):
     ``--cfg-options``), ``--peer`` or ``--timm``."""
     if args.config:
         cfg = _common.load_config(args.config, args.cfg_options)
-        options = ''.join(f' {k}={v}' for k, v in (args.cfg_options or {}).items())
-        return args.config + options, lambda: _common.build_plain_classifier(cfg)
+        label = args.config + _common.options_label(args.cfg_options)
+        return label, lambda: _common.build_plain_classifier(cfg)
     if args.peer:
         return f'mmpretrain {args.peer}', lambda: build_peer(args.peer)
     return f'timm {args.timm}', lambda: build_timm(args.timm)
