@@ -1,8 +1,8 @@
 """SS2D core kernels specialised for d_state N = 1 (the final VMamba archs).
 
-Same computation, program layout and determinism as the general kernels in ``ss2d_triton.py``
-(one program = batch b x a block of channels, the 4 directions in sequence, fixed-order merge,
-chunk start states saved by the forward), but every tile is 2-D (BLOCK_C, BLOCK_L): with one state
+Same computation and program layout as the general kernels in ``ss2d_triton.py`` (one program =
+batch b x a block of channels, the 4 directions in sequence, fixed-order merge, chunk start states
+saved by the forward), but every tile is 2-D (BLOCK_C, BLOCK_L): with one state
 per channel there is no state axis, B and C are single rows, and the rank-R dt projection is a
 loop of R rank-1 updates instead of a padded matrix product. The general kernels keep a
 (BLOCK_C, BLOCK_N, BLOCK_L) layout and a (BLOCK_C, 16) x (16, BLOCK_L) product, which at N = 1
@@ -21,6 +21,10 @@ What else differs, each measured on the H100 (docs/kernels.md):
   (:func:`_combine_grad`) instead of shifting the decay by one step, and writes d(delta
   pre-activation) so that the dt projection's two gradients are batched GEMMs in the caller
   rather than 2 R reductions per chunk.
+* The backward adds its channel sums of dB and dC into one row per image and direction with
+  float32 atomics (no partial rows per channel block to write and read back), so its dB / dC are
+  not bitwise reproducible; under ``torch.use_deterministic_algorithms(True)`` it writes the
+  per-block rows and sums them in a fixed order (:func:`default_atomic_sums`).
 """
 from typing import Optional, Tuple
 
@@ -206,11 +210,14 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
                    R: tl.constexpr, NCH, NCB, NSEG, SEG_CH, SUM_STRIDE, K: tl.constexpr,
                    REV: tl.constexpr, HAS_D: tl.constexpr, MERGED: tl.constexpr,
                    COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, SEGMENTED: tl.constexpr,
-                   SUMMARY: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+                   SUMMARY: tl.constexpr, ATOMIC_SUMS: tl.constexpr, BLOCK_C: tl.constexpr,
+                   BLOCK_L: tl.constexpr):
     """Direction K of the backward over segment ``seg`` (REV, segments as in
     :func:`_fwd_direction`); chunks in the opposite order to the forward. SEGMENTED: the carry
     entering the segment comes from ``cin_ptr``; SUMMARY: only the segment's total decay and the
-    carry it passes on from a zero carry are written (``sum_ptr``)."""
+    carry it passes on from a zero carry are written (``sum_ptr``). ATOMIC_SUMS: the channel
+    sums of dB and dC are added into one (batch, 4, L) row per direction (float32 atomics, in no
+    fixed order) instead of stored per channel block."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
         dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D,
         PRE_GIVEN)
@@ -219,7 +226,7 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
     x_base = (xt_ptr if MERGED and COLS_T and K % 2 == 1 else x_ptr) + dir_offset
     dy_base = (dyt_ptr if MERGED and COLS_T and K % 2 == 1 else dy_ptr) + dir_offset
     dx_base = (dxt_ptr if MERGED and COLS_T and K % 2 == 1 else dx_ptr) + dir_offset
-    part = (b * 4 + K) * NCB + pid_c
+    part = (b * 4 + K) * (1 if ATOMIC_SUMS else NCB) + (0 if ATOMIC_SUMS else pid_c)
     dpre_base = dpre_ptr + (b * 4 + K) * CH * L
     # carry: decay * dL/dh of the step after the chunk
     seg_row, carry = _segment_start(cin_ptr, b, seg, c, cm, CH, NSEG, K, SEGMENTED, SUMMARY,
@@ -262,8 +269,14 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
             dA_acc += tl.sum(g * delta * carried, 1)
             dbias_acc += tl.sum(dpre, 1)
             # in the walked map's order, like dpre (the caller puts them back in row-major order)
-            tl.store(dB_ptr + part * L + s, tl.sum(g * du_in, 0), mask=tm)
-            tl.store(dC_ptr + part * L + s, tl.sum(states * dy, 0), mask=tm)
+            if ATOMIC_SUMS:
+                tl.atomic_add(dB_ptr + part * L + s, tl.sum(g * du_in, 0), mask=tm,
+                              sem='relaxed')
+                tl.atomic_add(dC_ptr + part * L + s, tl.sum(states * dy, 0), mask=tm,
+                              sem='relaxed')
+            else:
+                tl.store(dB_ptr + part * L + s, tl.sum(g * du_in, 0), mask=tm)
+                tl.store(dC_ptr + part * L + s, tl.sum(states * dy, 0), mask=tm)
             dx_ptrs = dx_base + c[:, None] * L + s[None, :]
             if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
                 du += tl.load(dx_ptrs, mask=m2, other=0.)
@@ -291,8 +304,8 @@ def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
                         dB_ptr, dC_ptr, dD_ptr, cin_ptr, sum_ptr, CH, H, W, L, R: tl.constexpr,
                         NCH, NCB, NSEG, SEG_CH, SUM_STRIDE, HAS_D: tl.constexpr,
                         MERGED: tl.constexpr, COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr,
-                        SEGMENTED: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_C: tl.constexpr,
-                        BLOCK_L: tl.constexpr):
+                        SEGMENTED: tl.constexpr, SUMMARY: tl.constexpr,
+                        ATOMIC_SUMS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     seg = tl.program_id(2)
@@ -306,16 +319,16 @@ def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
     sizes = (NCH, NCB, NSEG, SEG_CH, SUM_STRIDE)
     # each direction may add into the dx that the previous ones wrote, from other threads
     _bwd_direction(*args, R, *sizes, 0, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED,
-                   SUMMARY, BLOCK_C, BLOCK_L)
+                   SUMMARY, ATOMIC_SUMS, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
     _bwd_direction(*args, R, *sizes, 1, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED,
-                   SUMMARY, BLOCK_C, BLOCK_L)
+                   SUMMARY, ATOMIC_SUMS, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
     _bwd_direction(*args, R, *sizes, 2, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED,
-                   SUMMARY, BLOCK_C, BLOCK_L)
+                   SUMMARY, ATOMIC_SUMS, BLOCK_C, BLOCK_L)
     tl.debug_barrier()
     _bwd_direction(*args, R, *sizes, 3, MERGED, HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED,
-                   SUMMARY, BLOCK_C, BLOCK_L)
+                   SUMMARY, ATOMIC_SUMS, BLOCK_C, BLOCK_L)
 
 
 @triton.jit
@@ -339,19 +352,26 @@ def _segment_entries_kernel(sum_ptr, out_ptr, ROWS, CH, NSEG, SUM_STRIDE, MERGED
 
 def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_block_c=None,
                      bwd_num_warps=None, segments=None, bwd_segments=None, maxnreg=None,
-                     bwd_maxnreg=None):
+                     bwd_maxnreg=None, bwd_atomic_sums=None):
     """(forward, backward) tiles: BLOCK_C channels x BLOCK_L steps (powers of two), warps, and
     the number of segments each direction's walk is split into (1: one program walks it all).
     ``maxnreg`` / ``bwd_maxnreg``: a cap on the registers per thread of the launch's kernel
     (Triton's launch option of that name; what does not fit spills to local memory), so that
-    more programs fit on a multiprocessor; None: the compiler's choice.
+    more programs fit on a multiprocessor; None: the compiler's choice, except the backward's
+    default tile at >= 512 positions, capped at 80 (H100: stage 1 of VMamba-T 96 -> 80 registers,
+    forward + backward 3.75 -> 3.40 ms with atomic sums; docs/kernels.md). ``bwd_atomic_sums``: the
+    backward adds its channel sums of dB and dC into one row per image and direction with
+    float32 atomics (in no fixed order, so not bitwise reproducible) instead of writing one row
+    per channel block that a reduction then reads back; None: :func:`default_atomic_sums`.
 
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
     if length >= 512:
-        tiles = (8, 64, 4, 2, 1)
+        tiles, bwd_cap = (8, 64, 4, 2, 1), 80
     else:
-        tiles = (4, 32, 1, 2, 1)
+        tiles, bwd_cap = (4, 32, 1, 2, 1), None
+    if bwd_maxnreg is None and bwd_block_c is None and bwd_num_warps is None:
+        bwd_maxnreg = bwd_cap  # (measured for the default backward tile only)
     given = (block_c, block_l, num_warps, bwd_block_c, bwd_num_warps)
     bc, bl, nw, bbc, bnw = (g if g is not None else d for g, d in zip(given, tiles))
     bl = min(bl, max(16, triton.next_power_of_2(length)))
@@ -365,10 +385,24 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
         if value is not None and (not isinstance(value, int) or not 24 <= value <= 255):
             raise ValueError(f'{name} must be an integer from 24 to 255 (registers per thread) '
                              f'or None, got {value!r}')
+    if bwd_atomic_sums not in (None, True, False, 0, 1):
+        raise ValueError(f'bwd_atomic_sums must be True, False or None, got {bwd_atomic_sums!r}')
+    atomic = default_atomic_sums() if bwd_atomic_sums is None else bool(bwd_atomic_sums)
     return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw, segments=segments or 1,
                  maxnreg=maxnreg),
             dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw, segments=bwd_segments or 1,
-                 maxnreg=bwd_maxnreg))
+                 maxnreg=bwd_maxnreg, atomic_sums=atomic))
+
+
+# whether the backward sums dB and dC over channel blocks with atomics by default (while
+# torch.use_deterministic_algorithms(True) is not in force)
+ATOMIC_SUMS = True
+
+
+def default_atomic_sums():
+    """The backward's dB / dC channel sums by atomics (``ATOMIC_SUMS``), except while
+    ``torch.use_deterministic_algorithms(True)`` asks for bitwise reproducible results."""
+    return ATOMIC_SUMS and not torch.are_deterministic_algorithms_enabled()
 
 
 def _segment_layout(length, block_l, segments):
@@ -462,13 +496,14 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
 
 
 def _backward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width,
-                      merged, cols_t, pre_given, block_c, block_l, num_warps, segments, maxnreg):
+                      merged, cols_t, pre_given, block_c, block_l, num_warps, segments, maxnreg,
+                      atomic_sums):
     """Empty dx, dpre, dbias, dA, dB, dC, dD of the backward launch (also its fake
     implementation): float32, but dpre in the dt projection's dtype (:func:`_projection_dtype`).
-    """
+    dB, dC: one row per channel block, or a single one (``atomic_sums``)."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
     per_channel = (batch * _segment_layout(length, block_l, segments)[2], 4 * channels)
-    partials = (batch, 4, triton.cdiv(channels, block_c), length)
+    partials = (batch, 4, 1 if atomic_sums else triton.cdiv(channels, block_c), length)
     shapes = (x.shape, (batch, 4, channels, length), per_channel, per_channel, partials,
               partials, per_channel)
     return tuple(x.new_empty(shape, dtype=_projection_dtype(dt_low.dtype) if i == 1 else
@@ -481,7 +516,7 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
                      D: Optional[torch.Tensor], states: torch.Tensor, dy: torch.Tensor,
                      height: int, width: int, merged: bool, cols_t: bool, pre_given: bool,
                      block_c: int, block_l: int, num_warps: int, segments: int,
-                     maxnreg: Optional[int]
+                     maxnreg: Optional[int], atomic_sums: bool
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward launch: returns float32 dx, d(delta pre-activation) in walked order (in
@@ -489,17 +524,21 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
     and dB, dC (per channel block, walked order). ``cols_t`` as in the forward launch: the
     column directions read transposed copies of x and dy and write a transposed dx, added into
     dx here. ``segments`` as in the forward launch (the carried gradient enters each
-    segment); ``maxnreg`` likewise."""
+    segment); ``maxnreg`` likewise. ``atomic_sums``: dB and dC are single rows that every
+    channel block adds into."""
     batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
     length = dt_low.shape[-1]
     dx, dpre, dbias, dA, dB, dC, dD = _backward_outputs(
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width, merged, cols_t,
-        pre_given, block_c, block_l, num_warps, segments, maxnreg)
+        pre_given, block_c, block_l, num_warps, segments, maxnreg, atomic_sums)
+    if atomic_sums:
+        dB.zero_()
+        dC.zero_()
     if cols_t:
         xt, dyt, dxt = _transposed(x), _transposed(dy), _transposed_output(x)
     else:
         xt, dyt, dxt = x, dy, dx
-    n_cblocks = dB.shape[2]
+    n_cblocks = triton.cdiv(channels, block_c)
     n_chunks, per_segment, n_segments = _segment_layout(length, block_l, segments)
 
     def launch(entries, sums, summary):
@@ -509,7 +548,8 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
             width, length, rank, n_chunks, n_cblocks, n_segments, per_segment,
             sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, MERGED=merged,
             COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1, SUMMARY=summary,
-            BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps, maxnreg=maxnreg)
+            ATOMIC_SUMS=atomic_sums, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps,
+            maxnreg=maxnreg)
 
     _run_passes(launch, dA, (batch, 4, channels, n_segments), merged, True)
     if cols_t:
@@ -582,10 +622,11 @@ class SS2DScanN1Function(torch.autograd.Function):
         dx, dpre, dbias, dA, dB, dC, dD = _launch_backward(
             x, dt_src, dt_weight, dt_bias, A, bs, cs, D, states, dy, height, width,
             merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
-            cfg['segments'], cfg['maxnreg'])
+            cfg['segments'], cfg['maxnreg'], cfg['atomic_sums'])
         del dt_src, bs, cs
         ddtl, dw = _projection_grads(dt_weight, dt_in_order, dpre)
-        dB, dC = dB.sum(2, keepdim=True), dC.sum(2, keepdim=True)
+        if not cfg['atomic_sums']:
+            dB, dC = dB.sum(2, keepdim=True), dC.sum(2, keepdim=True)
         if cols_t:  # back to row-major
             ddtl, dB, dC = (_odd_directions_by_column(t, width, height) for t in (ddtl, dB, dC))
         return (dx.to(x.dtype), ) + _parameter_grads(saved, ddtl, dw, dbias, dA, dB, dC, dD)

@@ -104,3 +104,20 @@ def test_torchvision_glue_only_provides_what_mmpretrain_imports():
     assert torch.allclose(boxes.generalized_box_iou(b, b)[0, 1], torch.tensor(1 / 7 - 2 / 9))
     with pytest.raises(NotImplementedError, match='torchvision'):
         torchvision.transforms.functional.resized_crop(None, 0, 0, 1, 1, 1)
+
+
+def test_mmengine_deterministic_randomness_keeps_the_scan_reproducible():
+    # the README: randomness=dict(deterministic=True) switches the scan backward's atomic dB / dC
+    # sums off (mmengine calls torch.use_deterministic_algorithms)
+    from mmengine.runner import set_random_seed
+    from vmamba_kernels.ss2d_n1 import n1_launch_config
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        set_random_seed(0, deterministic=False)
+        torch.use_deterministic_algorithms(False)
+        assert n1_launch_config(3136)[1]['atomic_sums'] is True
+        set_random_seed(0, deterministic=True)
+        assert n1_launch_config(3136)[1]['atomic_sums'] is False
+    finally:
+        torch.use_deterministic_algorithms(before)
+        torch.backends.cudnn.deterministic = False

@@ -80,6 +80,35 @@ def test_register_capped_scan_on_cuda_matches_float64(shape, caps):
     _check_chunked_n1_on_cuda(shape, 4, **caps)
 
 
+@pytest.mark.parametrize('shape,options', [((2, 96, 56, 56, 6, 1), {}),
+                                           ((2, 384, 14, 14, 24, 1), {}),
+                                           ((1, 96, 100, 167, 6, 1), dict(bwd_segments=7))])
+def test_atomic_channel_sums_on_cuda_match_float64(shape, options):
+    # dB / dC summed over channel blocks by float32 atomics (compiled kernels: REDG) against
+    # float64, at stage-1 and stage-3 shapes and with segmented walks
+    _check_chunked_n1_on_cuda(shape, 5, bwd_atomic_sums=True, **options)
+
+
+def test_scan_backward_bitwise_deterministic_on_cuda_when_asked():
+    # the default backward sums dB / dC with atomics; under torch.use_deterministic_algorithms
+    # (mmengine's randomness=dict(deterministic=True)) it keeps per-block rows: two runs equal
+    import vmamba_kernels as vk
+    from .kernels.test_ss2d_scan import PARAMS, forward_and_grads, make_inputs
+    inputs = {k: v.cuda() for k, v in make_inputs(4, 96, 56, 56, 6, 1, seed=6).items()}
+    grad = torch.randn(inputs['x'].shape, device='cuda')
+    fn = lambda **kw: vk.ss2d_scan(**kw, backend='triton')  # noqa: E731
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        runs = [forward_and_grads(fn, inputs, grad) for _ in range(3)]
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for y, g in runs[1:]:
+        assert torch.equal(y, runs[0][0])
+        for name in PARAMS:
+            assert torch.equal(g[name], runs[0][1][name]), name
+
+
 @pytest.mark.parametrize('shape', [(2, 384, 14, 14, 24, 1), (2, 768, 7, 7, 48, 1),
                                    (1, 192, 28, 28, 12, 1), (2, 24, 9, 11, 3, 1)])
 def test_whole_map_scan_on_cuda_matches_float64(shape):

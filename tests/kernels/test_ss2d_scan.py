@@ -181,6 +181,43 @@ def test_triton_d_state_1_half_inputs_and_deterministic(transpose_columns, proje
         assert torch.equal(g1[name], g2[name]), name
 
 
+@pytest.mark.parametrize('transpose_columns,segments', [(False, 1), (True, 1), (True, 3)])
+def test_triton_d_state_1_atomic_channel_sums(transpose_columns, segments):
+    # dB and dC summed over channel blocks by atomics into one row (several channel blocks,
+    # each direction's walk whole or in segments) against float64 and against the per-block rows
+    inputs = make_inputs(2, 7, 5, 9, 3, 1, seed=3)
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    results = {}
+    for atomic in (True, False):
+        fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
+            **kw, block_c=2, block_l=16, bwd_block_c=2, transpose_columns=transpose_columns,
+            bwd_segments=segments, bwd_atomic_sums=atomic)
+        check_against_reference(fn, inputs, 1e-5)
+        results[atomic] = forward_and_grads(fn, inputs, grad_out)[1]
+    for name in PARAMS:
+        assert torch.allclose(results[True][name], results[False][name], rtol=1e-5,
+                              atol=1e-6), name
+
+
+def test_triton_d_state_1_backward_defaults_and_bad_value(monkeypatch):
+    # atomics only while deterministic algorithms are not asked for
+    from vmamba_kernels import ss2d_n1
+    monkeypatch.setattr(ss2d_n1, 'ATOMIC_SUMS', True)
+    assert ss2d_n1.n1_launch_config(64)[1]['atomic_sums'] is True
+    assert ss2d_n1.n1_launch_config(64, bwd_atomic_sums=False)[1]['atomic_sums'] is False
+    monkeypatch.setattr(torch, 'are_deterministic_algorithms_enabled', lambda: True)
+    assert ss2d_n1.n1_launch_config(64)[1]['atomic_sums'] is False
+    assert ss2d_n1.n1_launch_config(64, bwd_atomic_sums=True)[1]['atomic_sums'] is True
+    with pytest.raises(ValueError, match="bwd_atomic_sums must be True, False or None, got 'yes'"):
+        ss2d_n1.n1_launch_config(64, bwd_atomic_sums='yes')
+    # the default backward tile on large maps runs under a register cap of 80; a tile of one's
+    # own, or a small map, under none unless asked
+    assert ss2d_n1.n1_launch_config(3136)[1]['maxnreg'] == 80
+    assert ss2d_n1.n1_launch_config(3136, bwd_block_c=4)[1]['maxnreg'] is None
+    assert ss2d_n1.n1_launch_config(3136, bwd_maxnreg=96)[1]['maxnreg'] == 96
+    assert ss2d_n1.n1_launch_config(196)[1]['maxnreg'] is None
+
+
 @pytest.mark.parametrize('shape', TORCH_SHAPES)
 def test_torch_path_fp32_matches_float64_reference(shape):
     check_against_reference(lambda **kw: vk.ss2d_scan(**kw, backend='torch'),

@@ -112,6 +112,8 @@ def compile_kernel(args):
                          SUMMARY=args.segment_pass == 'summary')
     if args.kernel == 'fwd':
         constants['SAVE_STATES'] = False
+    if 'ATOMIC_SUMS' in fn.arg_names:
+        constants['ATOMIC_SUMS'] = args.atomic_sums
     if 'R_UNROLL' in fn.arg_names:  # the kernels before the rank became a constant
         scalars.append('R')
         constants['R_UNROLL'] = 1
@@ -186,6 +188,8 @@ def main(argv=None):
                         'pre-pass or main pass')
     parser.add_argument('--maxnreg', type=int, default=None,
                         help='cap the registers per thread (the launch option of that name)')
+    parser.add_argument('--atomic-sums', action='store_true',
+                        help='bwd: dB / dC channel sums by atomics (bwd_atomic_sums)')
     parser.add_argument('--lines', type=int, default=15, help='source lines to list')
     args = parser.parse_args(argv)
     if os.environ.get('TRITON_INTERPRET') == '1':
