@@ -10,7 +10,7 @@ against the byte floor (forward: read x once, write y once; forward+backward add
 dy and writing dx), and checks the fused path against the float64 torch reference.
 
     python tools/kernel_dev/benchmark_scan.py [--batch 128] [--stages 1 2 3 4] [--skip-torch]
-        [--arch tiny|base] [--dtype bf16|fp16|fp32] [--skip-unfused]
+        [--arch tiny|base] [--dtype bf16|fp16|fp32] [--skip-unfused] [--graphs]
 """
 import argparse
 import json
@@ -87,8 +87,8 @@ def sweep(args, dev):
                 if flag in config:
                     config[flag] = bool(config[flag])
             try:
-                fwd = bench(fused_with(config), inp, False, 3)
-                both = bench(fused_with(config), inp, True, 3)
+                fwd = bench(fused_with(config), inp, False, 3, args.graphs)
+                both = bench(fused_with(config), inp, True, 3, args.graphs)
             except Exception as err:  # e.g. out of shared memory / registers
                 print(f'stage {stage} {config}: failed ({type(err).__name__}: '
                       f'{str(err)[:800]})', flush=True)
@@ -121,7 +121,10 @@ def unfused(inp):
     return vk.cross_merge(ys, size, size)
 
 
-def bench(fn, inp, backward, reps):
+def bench(fn, inp, backward, reps, graphs=False):
+    """Median ms of ``fn(inp)`` (with ``backward``: and its backward). ``graphs``: the step is
+    captured once in a CUDA graph and its replays are timed, so that small shapes measure the
+    GPU rather than the host's launches."""
     from triton.testing import do_bench
     leaves = [v for v in inp.values() if v is not None]
     if backward:
@@ -140,7 +143,24 @@ def bench(fn, inp, backward, reps):
         def step():
             with torch.no_grad():
                 fn(inp)
+    if graphs:
+        step = _graphed(step)
     return do_bench(step, warmup=reps * 5, rep=reps * 25, return_mode='median')
+
+
+def _graphed(step):
+    """``step`` captured in a CUDA graph (after warm-up runs on a side stream, which compile
+    the kernels and settle autograd's buffers); returns the graph's replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def rel_err(a, b):
@@ -190,6 +210,9 @@ def main():
                         help='do not time the unfused pipeline')
     parser.add_argument('--reps', type=int, default=10, help='timing budget scale')
     parser.add_argument('--skip-torch', action='store_true', help='do not time the torch path')
+    parser.add_argument('--graphs', action='store_true',
+                        help='time replays of each step captured in a CUDA graph (small maps: '
+                        'the GPU\'s time rather than the host\'s launches)')
     parser.add_argument('--check-batch', type=int, default=16,
                         help='images in the float64 gradient check (forward uses all)')
     parser.add_argument('--json', help='write the results here')
@@ -237,8 +260,8 @@ def main():
             variants.append(('torch', lambda i: fused(i, backend='torch')))
         for name, fn in variants:
             reps = 2 if name == 'torch' else args.reps
-            row[name + '_fwd'] = bench(fn, inp, False, reps)
-            row[name + '_fwdbwd'] = bench(fn, inp, True, reps)
+            row[name + '_fwd'] = bench(fn, inp, False, reps, args.graphs)
+            row[name + '_fwdbwd'] = bench(fn, inp, True, reps, args.graphs)
             print(f'stage {stage} {name}: fwd {row[name + "_fwd"]:.3f} ms, fwd+bwd '
                   f'{row[name + "_fwdbwd"]:.3f} ms', flush=True)
         rows.append(row)
