@@ -21,10 +21,11 @@ What else differs, each measured on the H100 (docs/kernels.md):
   (:func:`_combine_grad`) instead of shifting the decay by one step, and writes d(delta
   pre-activation) so that the dt projection's two gradients are batched GEMMs in the caller
   rather than 2 R reductions per chunk.
-* The backward adds its channel sums of dB and dC into one row per image and direction with
-  float32 atomics (no partial rows per channel block to write and read back), so its dB / dC are
-  not bitwise reproducible; under ``torch.use_deterministic_algorithms(True)`` it writes the
-  per-block rows and sums them in a fixed order (:func:`default_atomic_sums`).
+* On maps of >= 512 positions the backward adds its channel sums of dB and dC into one row per
+  image and direction with float32 atomics (no partial rows per channel block to write and read
+  back), so its dB / dC are not bitwise reproducible; under
+  ``torch.use_deterministic_algorithms(True)`` it writes the per-block rows and sums them in a
+  fixed order (:func:`default_atomic_sums`).
 """
 from typing import Optional, Tuple
 
@@ -362,7 +363,8 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     forward + backward 3.75 -> 3.40 ms with atomic sums; docs/kernels.md). ``bwd_atomic_sums``: the
     backward adds its channel sums of dB and dC into one row per image and direction with
     float32 atomics (in no fixed order, so not bitwise reproducible) instead of writing one row
-    per channel block that a reduction then reads back; None: :func:`default_atomic_sums`.
+    per channel block that a reduction then reads back; None: :func:`default_atomic_sums`
+    (on maps of >= 512 positions).
 
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
@@ -387,22 +389,24 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
                              f'or None, got {value!r}')
     if bwd_atomic_sums not in (None, True, False, 0, 1):
         raise ValueError(f'bwd_atomic_sums must be True, False or None, got {bwd_atomic_sums!r}')
-    atomic = default_atomic_sums() if bwd_atomic_sums is None else bool(bwd_atomic_sums)
+    atomic = default_atomic_sums(length) if bwd_atomic_sums is None else bool(bwd_atomic_sums)
     return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw, segments=segments or 1,
                  maxnreg=maxnreg),
             dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw, segments=bwd_segments or 1,
                  maxnreg=bwd_maxnreg, atomic_sums=atomic))
 
 
-# whether the backward sums dB and dC over channel blocks with atomics by default (while
-# torch.use_deterministic_algorithms(True) is not in force)
-ATOMIC_SUMS = True
+# from this many positions on, the backward sums dB and dC over channel blocks with atomics by
+# default (H100: faster at 56 x 56 and 28 x 28; at 14 x 14, 192 channel blocks adding into the
+# same rows, 4-8% slower than the per-block rows; docs/kernels.md)
+ATOMIC_SUMS_FROM_LENGTH = 512
 
 
-def default_atomic_sums():
-    """The backward's dB / dC channel sums by atomics (``ATOMIC_SUMS``), except while
+def default_atomic_sums(length):
+    """Whether the backward of a walk of ``length`` steps sums dB / dC over channel blocks by
+    atomics: from ``ATOMIC_SUMS_FROM_LENGTH`` on, except while
     ``torch.use_deterministic_algorithms(True)`` asks for bitwise reproducible results."""
-    return ATOMIC_SUMS and not torch.are_deterministic_algorithms_enabled()
+    return length >= ATOMIC_SUMS_FROM_LENGTH and not torch.are_deterministic_algorithms_enabled()
 
 
 def _segment_layout(length, block_l, segments):

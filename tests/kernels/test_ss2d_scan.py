@@ -200,14 +200,16 @@ def test_triton_d_state_1_atomic_channel_sums(transpose_columns, segments):
 
 
 def test_triton_d_state_1_backward_defaults_and_bad_value(monkeypatch):
-    # atomics only while deterministic algorithms are not asked for
+    # atomics on large maps only, and only while deterministic algorithms are not asked for
     from vmamba_kernels import ss2d_n1
-    monkeypatch.setattr(ss2d_n1, 'ATOMIC_SUMS', True)
-    assert ss2d_n1.n1_launch_config(64)[1]['atomic_sums'] is True
-    assert ss2d_n1.n1_launch_config(64, bwd_atomic_sums=False)[1]['atomic_sums'] is False
+    assert ss2d_n1.n1_launch_config(3136)[1]['atomic_sums'] is True
+    assert ss2d_n1.n1_launch_config(784)[1]['atomic_sums'] is True
+    assert ss2d_n1.n1_launch_config(196)[1]['atomic_sums'] is False
+    assert ss2d_n1.n1_launch_config(196, bwd_atomic_sums=True)[1]['atomic_sums'] is True
+    assert ss2d_n1.n1_launch_config(3136, bwd_atomic_sums=False)[1]['atomic_sums'] is False
     monkeypatch.setattr(torch, 'are_deterministic_algorithms_enabled', lambda: True)
-    assert ss2d_n1.n1_launch_config(64)[1]['atomic_sums'] is False
-    assert ss2d_n1.n1_launch_config(64, bwd_atomic_sums=True)[1]['atomic_sums'] is True
+    assert ss2d_n1.n1_launch_config(3136)[1]['atomic_sums'] is False
+    assert ss2d_n1.n1_launch_config(3136, bwd_atomic_sums=True)[1]['atomic_sums'] is True
     with pytest.raises(ValueError, match="bwd_atomic_sums must be True, False or None, got 'yes'"):
         ss2d_n1.n1_launch_config(64, bwd_atomic_sums='yes')
     # the default backward tile on large maps runs under a register cap of 80; a tile of one's
