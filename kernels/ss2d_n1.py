@@ -208,7 +208,7 @@ def _ss2d_fwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
 def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr,
                    dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr,
                    dD_ptr, cin_ptr, sum_ptr, b, seg, pid_c, c, cm, lt, CH, H, W, L,
-                   R: tl.constexpr, NCH, NCB, NSEG, SEG_CH, SUM_STRIDE, K: tl.constexpr,
+                   R: tl.constexpr, NCH, NSUM, NSEG, SEG_CH, SUM_STRIDE, K: tl.constexpr,
                    REV: tl.constexpr, HAS_D: tl.constexpr, MERGED: tl.constexpr,
                    COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, SEGMENTED: tl.constexpr,
                    SUMMARY: tl.constexpr, ATOMIC_SUMS: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -216,9 +216,9 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
     """Direction K of the backward over segment ``seg`` (REV, segments as in
     :func:`_fwd_direction`); chunks in the opposite order to the forward. SEGMENTED: the carry
     entering the segment comes from ``cin_ptr``; SUMMARY: only the segment's total decay and the
-    carry it passes on from a zero carry are written (``sum_ptr``). ATOMIC_SUMS: the channel
-    sums of dB and dC are added into one (batch, 4, L) row per direction (float32 atomics, in no
-    fixed order) instead of stored per channel block."""
+    carry it passes on from a zero carry are written (``sum_ptr``). dB and dC have NSUM rows per
+    image and direction, channel block i writing row i % NSUM: one per block (stores), or, with
+    ATOMIC_SUMS, fewer that several blocks add into (float32 atomics, in no fixed order)."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
         dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D,
         PRE_GIVEN)
@@ -227,7 +227,7 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
     x_base = (xt_ptr if MERGED and COLS_T and K % 2 == 1 else x_ptr) + dir_offset
     dy_base = (dyt_ptr if MERGED and COLS_T and K % 2 == 1 else dy_ptr) + dir_offset
     dx_base = (dxt_ptr if MERGED and COLS_T and K % 2 == 1 else dx_ptr) + dir_offset
-    part = (b * 4 + K) * (1 if ATOMIC_SUMS else NCB) + (0 if ATOMIC_SUMS else pid_c)
+    part = (b * 4 + K) * NSUM + pid_c % NSUM
     dpre_base = dpre_ptr + (b * 4 + K) * CH * L
     # carry: decay * dL/dh of the step after the chunk
     seg_row, carry = _segment_start(cin_ptr, b, seg, c, cm, CH, NSEG, K, SEGMENTED, SUMMARY,
@@ -303,7 +303,7 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
 def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
                         hs_ptr, dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr,
                         dB_ptr, dC_ptr, dD_ptr, cin_ptr, sum_ptr, CH, H, W, L, R: tl.constexpr,
-                        NCH, NCB, NSEG, SEG_CH, SUM_STRIDE, HAS_D: tl.constexpr,
+                        NCH, NSUM, NSEG, SEG_CH, SUM_STRIDE, HAS_D: tl.constexpr,
                         MERGED: tl.constexpr, COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr,
                         SEGMENTED: tl.constexpr, SUMMARY: tl.constexpr,
                         ATOMIC_SUMS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -317,7 +317,7 @@ def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
     args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr, dy_ptr,
             dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr,
             cin_ptr, sum_ptr, b, seg, pid_c, c, cm, lt, CH, H, W, L)
-    sizes = (NCH, NCB, NSEG, SEG_CH, SUM_STRIDE)
+    sizes = (NCH, NSUM, NSEG, SEG_CH, SUM_STRIDE)
     # each direction may add into the dx that the previous ones wrote, from other threads
     _bwd_direction(*args, R, *sizes, 0, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED,
                    SUMMARY, ATOMIC_SUMS, BLOCK_C, BLOCK_L)
@@ -353,7 +353,7 @@ def _segment_entries_kernel(sum_ptr, out_ptr, ROWS, CH, NSEG, SUM_STRIDE, MERGED
 
 def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_block_c=None,
                      bwd_num_warps=None, segments=None, bwd_segments=None, maxnreg=None,
-                     bwd_maxnreg=None, bwd_atomic_sums=None):
+                     bwd_maxnreg=None, bwd_atomic_sums=None, bwd_sum_rows=None):
     """(forward, backward) tiles: BLOCK_C channels x BLOCK_L steps (powers of two), warps, and
     the number of segments each direction's walk is split into (1: one program walks it all).
     ``maxnreg`` / ``bwd_maxnreg``: a cap on the registers per thread of the launch's kernel
@@ -364,7 +364,9 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     backward adds its channel sums of dB and dC into one row per image and direction with
     float32 atomics (in no fixed order, so not bitwise reproducible) instead of writing one row
     per channel block that a reduction then reads back; None: :func:`default_atomic_sums`
-    (on maps of >= 512 positions).
+    (on maps of >= 512 positions). ``bwd_sum_rows``: with atomic sums, how many rows per image
+    and direction the channel blocks add into (block i into row i % rows; the rows are summed
+    after), fewer blocks adding into the same addresses; None: 1.
 
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
@@ -389,11 +391,13 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
                              f'or None, got {value!r}')
     if bwd_atomic_sums not in (None, True, False, 0, 1):
         raise ValueError(f'bwd_atomic_sums must be True, False or None, got {bwd_atomic_sums!r}')
+    if bwd_sum_rows is not None and (not isinstance(bwd_sum_rows, int) or bwd_sum_rows < 1):
+        raise ValueError(f'bwd_sum_rows must be a positive integer, got {bwd_sum_rows!r}')
     atomic = default_atomic_sums(length) if bwd_atomic_sums is None else bool(bwd_atomic_sums)
     return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw, segments=segments or 1,
                  maxnreg=maxnreg),
             dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw, segments=bwd_segments or 1,
-                 maxnreg=bwd_maxnreg, atomic_sums=atomic))
+                 maxnreg=bwd_maxnreg, atomic_sums=atomic, sum_rows=bwd_sum_rows or 1))
 
 
 # from this many positions on, the backward sums dB and dC over channel blocks with atomics by
@@ -499,15 +503,22 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
     return y, states
 
 
+def _sum_rows(channels, block_c, sum_rows):
+    """Rows of dB / dC per image and direction: one per channel block (``sum_rows`` 0), else
+    ``sum_rows`` (at most one per block) that the blocks add into."""
+    blocks = triton.cdiv(channels, block_c)
+    return min(sum_rows, blocks) if sum_rows > 0 else blocks
+
+
 def _backward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width,
                       merged, cols_t, pre_given, block_c, block_l, num_warps, segments, maxnreg,
-                      atomic_sums):
+                      sum_rows):
     """Empty dx, dpre, dbias, dA, dB, dC, dD of the backward launch (also its fake
     implementation): float32, but dpre in the dt projection's dtype (:func:`_projection_dtype`).
-    dB, dC: one row per channel block, or a single one (``atomic_sums``)."""
+    dB, dC: :func:`_sum_rows` rows per image and direction."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
     per_channel = (batch * _segment_layout(length, block_l, segments)[2], 4 * channels)
-    partials = (batch, 4, 1 if atomic_sums else triton.cdiv(channels, block_c), length)
+    partials = (batch, 4, _sum_rows(channels, block_c, sum_rows), length)
     shapes = (x.shape, (batch, 4, channels, length), per_channel, per_channel, partials,
               partials, per_channel)
     return tuple(x.new_empty(shape, dtype=_projection_dtype(dt_low.dtype) if i == 1 else
@@ -520,21 +531,22 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
                      D: Optional[torch.Tensor], states: torch.Tensor, dy: torch.Tensor,
                      height: int, width: int, merged: bool, cols_t: bool, pre_given: bool,
                      block_c: int, block_l: int, num_warps: int, segments: int,
-                     maxnreg: Optional[int], atomic_sums: bool
+                     maxnreg: Optional[int], sum_rows: int
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward launch: returns float32 dx, d(delta pre-activation) in walked order (in
     the projection's dtype), and float32 partials of d dt_bias, dA, dD (per image and segment)
-    and dB, dC (per channel block, walked order). ``cols_t`` as in the forward launch: the
+    and dB, dC (rows as ``sum_rows`` says, walked order). ``cols_t`` as in the forward launch: the
     column directions read transposed copies of x and dy and write a transposed dx, added into
     dx here. ``segments`` as in the forward launch (the carried gradient enters each
-    segment); ``maxnreg`` likewise. ``atomic_sums``: dB and dC are single rows that every
-    channel block adds into."""
+    segment); ``maxnreg`` likewise. ``sum_rows``: 0, dB and dC have a row per channel block;
+    n > 0, n rows that the channel blocks add into (block i into row i % n)."""
     batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
     length = dt_low.shape[-1]
     dx, dpre, dbias, dA, dB, dC, dD = _backward_outputs(
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width, merged, cols_t,
-        pre_given, block_c, block_l, num_warps, segments, maxnreg, atomic_sums)
+        pre_given, block_c, block_l, num_warps, segments, maxnreg, sum_rows)
+    atomic_sums = sum_rows > 0
     if atomic_sums:
         dB.zero_()
         dC.zero_()
@@ -549,7 +561,7 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
         _ss2d_bwd_n1_kernel[(n_cblocks, batch, n_segments)](
             x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, states, dy,
             dyt, dx, dxt, dpre, dbias, dA, dB, dC, dD, entries, sums, channels, height,
-            width, length, rank, n_chunks, n_cblocks, n_segments, per_segment,
+            width, length, rank, n_chunks, dB.shape[2], n_segments, per_segment,
             sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, MERGED=merged,
             COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1, SUMMARY=summary,
             ATOMIC_SUMS=atomic_sums, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps,
@@ -626,10 +638,10 @@ class SS2DScanN1Function(torch.autograd.Function):
         dx, dpre, dbias, dA, dB, dC, dD = _launch_backward(
             x, dt_src, dt_weight, dt_bias, A, bs, cs, D, states, dy, height, width,
             merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
-            cfg['segments'], cfg['maxnreg'], cfg['atomic_sums'])
+            cfg['segments'], cfg['maxnreg'], cfg['sum_rows'] if cfg['atomic_sums'] else 0)
         del dt_src, bs, cs
         ddtl, dw = _projection_grads(dt_weight, dt_in_order, dpre)
-        if not cfg['atomic_sums']:
+        if dB.shape[2] > 1:
             dB, dC = dB.sum(2, keepdim=True), dC.sum(2, keepdim=True)
         if cols_t:  # back to row-major
             ddtl, dB, dC = (_odd_directions_by_column(t, width, height) for t in (ddtl, dB, dC))

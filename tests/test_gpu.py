@@ -82,10 +82,11 @@ def test_register_capped_scan_on_cuda_matches_float64(shape, caps):
 
 @pytest.mark.parametrize('shape,options', [((2, 96, 56, 56, 6, 1), {}),
                                            ((2, 384, 14, 14, 24, 1), {}),
+                                           ((2, 384, 14, 14, 24, 1), dict(bwd_sum_rows=6)),
                                            ((1, 96, 100, 167, 6, 1), dict(bwd_segments=7))])
 def test_atomic_channel_sums_on_cuda_match_float64(shape, options):
     # dB / dC summed over channel blocks by float32 atomics (compiled kernels: REDG) against
-    # float64, at stage-1 and stage-3 shapes and with segmented walks
+    # float64, at stage-1 and stage-3 shapes (into one row and into six), segmented walks
     _check_chunked_n1_on_cuda(shape, 5, bwd_atomic_sums=True, **options)
 
 

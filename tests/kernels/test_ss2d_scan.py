@@ -181,17 +181,20 @@ def test_triton_d_state_1_half_inputs_and_deterministic(transpose_columns, proje
         assert torch.equal(g1[name], g2[name]), name
 
 
-@pytest.mark.parametrize('transpose_columns,segments', [(False, 1), (True, 1), (True, 3)])
-def test_triton_d_state_1_atomic_channel_sums(transpose_columns, segments):
-    # dB and dC summed over channel blocks by atomics into one row (several channel blocks,
-    # each direction's walk whole or in segments) against float64 and against the per-block rows
+@pytest.mark.parametrize('transpose_columns,segments,rows', [(False, 1, None), (True, 1, None),
+                                                             (True, 3, None), (False, 1, 3),
+                                                             (True, 2, 2), (False, 1, 9)])
+def test_triton_d_state_1_atomic_channel_sums(transpose_columns, segments, rows):
+    # dB and dC summed over the 4 channel blocks by atomics into one row or a few (block i into
+    # row i % rows; 9: more rows than blocks), each direction's walk whole or in segments,
+    # against float64 and against the per-block rows
     inputs = make_inputs(2, 7, 5, 9, 3, 1, seed=3)
     grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
     results = {}
     for atomic in (True, False):
         fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
             **kw, block_c=2, block_l=16, bwd_block_c=2, transpose_columns=transpose_columns,
-            bwd_segments=segments, bwd_atomic_sums=atomic)
+            bwd_segments=segments, bwd_atomic_sums=atomic, bwd_sum_rows=rows)
         check_against_reference(fn, inputs, 1e-5)
         results[atomic] = forward_and_grads(fn, inputs, grad_out)[1]
     for name in PARAMS:
@@ -212,6 +215,10 @@ def test_triton_d_state_1_backward_defaults_and_bad_value(monkeypatch):
     assert ss2d_n1.n1_launch_config(3136, bwd_atomic_sums=True)[1]['atomic_sums'] is True
     with pytest.raises(ValueError, match="bwd_atomic_sums must be True, False or None, got 'yes'"):
         ss2d_n1.n1_launch_config(64, bwd_atomic_sums='yes')
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ValueError, match=f'bwd_sum_rows must be a positive integer, '
+                                             f'got {bad!r}'):
+            ss2d_n1.n1_launch_config(64, bwd_sum_rows=bad)
     # the default backward tile on large maps runs under a register cap of 80; a tile of one's
     # own, or a small map, under none unless asked
     assert ss2d_n1.n1_launch_config(3136)[1]['maxnreg'] == 80

@@ -103,7 +103,8 @@ def compile_kernel(args):
     signature = {name: '*bf16' if name in BF16_POINTERS else '*fp32' for name in pointers}
     # dt_low is bf16 for the forward's in-kernel projection, float32 otherwise
     signature['dtl_ptr'] = '*bf16' if args.kernel == 'fwd' and not args.pre_given else '*fp32'
-    scalars = ['CH', 'H', 'W', 'L', 'NCH'] + (['NCB'] if args.kernel == 'bwd' else [])
+    # the dB / dC rows per image and direction (named NCB before the rows could be shared)
+    scalars = ['CH', 'H', 'W', 'L', 'NCH'] + [n for n in ('NCB', 'NSUM') if n in fn.arg_names]
     constants = dict(HAS_D=True, MERGED=True, COLS_T=not args.strided_columns,
                      PRE_GIVEN=args.pre_given, BLOCK_C=args.block_c, BLOCK_L=args.block_l)
     if 'SEGMENTED' in fn.arg_names:  # segmented walks (the default build: one segment)
