@@ -364,9 +364,10 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     backward adds its channel sums of dB and dC into one row per image and direction with
     float32 atomics (in no fixed order, so not bitwise reproducible) instead of writing one row
     per channel block that a reduction then reads back; None: :func:`default_atomic_sums`
-    (on maps of >= 512 positions). ``bwd_sum_rows``: with atomic sums, how many rows per image
-    and direction the channel blocks add into (block i into row i % rows; the rows are summed
-    after), fewer blocks adding into the same addresses; None: 1.
+    (on maps of >= 512 positions). ``bwd_sum_rows``: how many rows per image and direction the
+    channel blocks add into with atomics (block i into row i % rows; the rows are summed after),
+    fewer blocks adding into the same addresses; given, it asks for atomic sums (as
+    ``bwd_atomic_sums=True``); None: 1 row where the sums are atomic.
 
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
@@ -391,8 +392,13 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
                              f'or None, got {value!r}')
     if bwd_atomic_sums not in (None, True, False, 0, 1):
         raise ValueError(f'bwd_atomic_sums must be True, False or None, got {bwd_atomic_sums!r}')
-    if bwd_sum_rows is not None and (not isinstance(bwd_sum_rows, int) or bwd_sum_rows < 1):
-        raise ValueError(f'bwd_sum_rows must be a positive integer, got {bwd_sum_rows!r}')
+    if bwd_sum_rows is not None:
+        if not isinstance(bwd_sum_rows, int) or bwd_sum_rows < 1:
+            raise ValueError(f'bwd_sum_rows must be a positive integer, got {bwd_sum_rows!r}')
+        if bwd_atomic_sums is not None and not bwd_atomic_sums:
+            raise ValueError(f'bwd_sum_rows ({bwd_sum_rows}) are rows that atomics add into: it '
+                             'cannot go with bwd_atomic_sums=False')
+        bwd_atomic_sums = True
     atomic = default_atomic_sums(length) if bwd_atomic_sums is None else bool(bwd_atomic_sums)
     return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw, segments=segments or 1,
                  maxnreg=maxnreg),

@@ -194,7 +194,8 @@ def test_triton_d_state_1_atomic_channel_sums(transpose_columns, segments, rows)
     for atomic in (True, False):
         fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
             **kw, block_c=2, block_l=16, bwd_block_c=2, transpose_columns=transpose_columns,
-            bwd_segments=segments, bwd_atomic_sums=atomic, bwd_sum_rows=rows)
+            bwd_segments=segments, bwd_atomic_sums=atomic,
+            bwd_sum_rows=rows if atomic else None)
         check_against_reference(fn, inputs, 1e-5)
         results[atomic] = forward_and_grads(fn, inputs, grad_out)[1]
     for name in PARAMS:
@@ -219,6 +220,11 @@ def test_triton_d_state_1_backward_defaults_and_bad_value(monkeypatch):
         with pytest.raises(ValueError, match=f'bwd_sum_rows must be a positive integer, '
                                              f'got {bad!r}'):
             ss2d_n1.n1_launch_config(64, bwd_sum_rows=bad)
+    # rows to add into ask for the atomics, even on a small map or under deterministic
+    # algorithms, and refuse their explicit absence
+    assert ss2d_n1.n1_launch_config(196, bwd_sum_rows=4)[1]['atomic_sums'] is True
+    with pytest.raises(ValueError, match=r'bwd_sum_rows \(4\) are rows that atomics add into'):
+        ss2d_n1.n1_launch_config(196, bwd_sum_rows=4, bwd_atomic_sums=False)
     # the default backward tile on large maps runs under a register cap of 80; a tile of one's
     # own, or a small map, under none unless asked
     assert ss2d_n1.n1_launch_config(3136)[1]['maxnreg'] == 80
