@@ -270,14 +270,13 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
             dA_acc += tl.sum(g * delta * carried, 1)
             dbias_acc += tl.sum(dpre, 1)
             # in the walked map's order, like dpre (the caller puts them back in row-major order)
+            dB_sum, dC_sum = tl.sum(g * du_in, 0), tl.sum(states * dy, 0)
             if ATOMIC_SUMS:
-                tl.atomic_add(dB_ptr + part * L + s, tl.sum(g * du_in, 0), mask=tm,
-                              sem='relaxed')
-                tl.atomic_add(dC_ptr + part * L + s, tl.sum(states * dy, 0), mask=tm,
-                              sem='relaxed')
+                tl.atomic_add(dB_ptr + part * L + s, dB_sum, mask=tm, sem='relaxed')
+                tl.atomic_add(dC_ptr + part * L + s, dC_sum, mask=tm, sem='relaxed')
             else:
-                tl.store(dB_ptr + part * L + s, tl.sum(g * du_in, 0), mask=tm)
-                tl.store(dC_ptr + part * L + s, tl.sum(states * dy, 0), mask=tm)
+                tl.store(dB_ptr + part * L + s, dB_sum, mask=tm)
+                tl.store(dC_ptr + part * L + s, dC_sum, mask=tm)
             dx_ptrs = dx_base + c[:, None] * L + s[None, :]
             if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
                 du += tl.load(dx_ptrs, mask=m2, other=0.)
@@ -383,7 +382,8 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     for name, value in (('block_c', bc), ('block_l', bl), ('bwd_block_c', bbc)):
         if value < 1 or value & (value - 1):
             raise ValueError(f'{name} must be a power of two, got {value}')
-    for name, value in (('segments', segments), ('bwd_segments', bwd_segments)):
+    for name, value in (('segments', segments), ('bwd_segments', bwd_segments),
+                        ('bwd_sum_rows', bwd_sum_rows)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f'{name} must be a positive integer, got {value!r}')
     for name, value in (('maxnreg', maxnreg), ('bwd_maxnreg', bwd_maxnreg)):
@@ -393,8 +393,6 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     if bwd_atomic_sums not in (None, True, False, 0, 1):
         raise ValueError(f'bwd_atomic_sums must be True, False or None, got {bwd_atomic_sums!r}')
     if bwd_sum_rows is not None:
-        if not isinstance(bwd_sum_rows, int) or bwd_sum_rows < 1:
-            raise ValueError(f'bwd_sum_rows must be a positive integer, got {bwd_sum_rows!r}')
         if bwd_atomic_sums is not None and not bwd_atomic_sums:
             raise ValueError(f'bwd_sum_rows ({bwd_sum_rows}) are rows that atomics add into: it '
                              'cannot go with bwd_atomic_sums=False')
