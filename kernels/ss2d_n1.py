@@ -35,6 +35,7 @@ import triton.language as tl
 
 from .checks import env_int, wants_grad
 from .compile_ops import opaque_under_compile
+from .map_transpose import add_transposed
 from .ss2d_n1_map import launch_backward_map, launch_forward_map, map_fits, map_launch_config
 from .triton_math import _channel_params, _combine, _combine_grad, _softplus
 
@@ -206,8 +207,8 @@ def _ss2d_fwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
 
 @triton.jit
 def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr,
-                   dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr,
-                   dD_ptr, cin_ptr, sum_ptr, b, seg, pid_c, c, cm, lt, CH, H, W, L,
+                   dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dxo_ptr, dpre_ptr, dbias_ptr, dA_ptr,
+                   dB_ptr, dC_ptr, dD_ptr, cin_ptr, sum_ptr, b, seg, pid_c, c, cm, lt, CH, H, W, L,
                    R: tl.constexpr, NCH, NSUM, NSEG, SEG_CH, SUM_STRIDE, K: tl.constexpr,
                    REV: tl.constexpr, HAS_D: tl.constexpr, MERGED: tl.constexpr,
                    COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr, SEGMENTED: tl.constexpr,
@@ -218,7 +219,10 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
     entering the segment comes from ``cin_ptr``; SUMMARY: only the segment's total decay and the
     carry it passes on from a zero carry are written (``sum_ptr``). dB and dC have NSUM rows per
     image and direction, channel block i writing row i % NSUM: one per block (stores), or, with
-    ATOMIC_SUMS, fewer that several blocks add into (float32 atomics, in no fixed order)."""
+    ATOMIC_SUMS, fewer that several blocks add into (float32 atomics, in no fixed order).
+    dx: each direction adds into the float32 map of the earlier ones; where the merged map has
+    no transposed part, the last direction writes the sum into ``dxo_ptr`` instead (dx in the
+    map's dtype: no float32 map written for a cast to read back)."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
         dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D,
         PRE_GIVEN)
@@ -280,7 +284,11 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
             dx_ptrs = dx_base + c[:, None] * L + s[None, :]
             if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
                 du += tl.load(dx_ptrs, mask=m2, other=0.)
-            tl.store(dx_ptrs, du, mask=m2)
+            if MERGED and not COLS_T and K == 3:
+                tl.store(dxo_ptr + dir_offset + c[:, None] * L + s[None, :],
+                         du.to(dxo_ptr.dtype.element_ty), mask=m2)
+            else:
+                tl.store(dx_ptrs, du, mask=m2)
             # the dt projection's backward is two GEMMs on dpre, done by the caller; dpre is in
             # the order of the map this direction walks (column-major for transposed column
             # directions)
@@ -300,8 +308,9 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
 
 @triton.jit
 def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
-                        hs_ptr, dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr,
-                        dB_ptr, dC_ptr, dD_ptr, cin_ptr, sum_ptr, CH, H, W, L, R: tl.constexpr,
+                        hs_ptr, dy_ptr, dyt_ptr, dx_ptr, dxt_ptr, dxo_ptr, dpre_ptr, dbias_ptr,
+                        dA_ptr, dB_ptr, dC_ptr, dD_ptr, cin_ptr, sum_ptr, CH, H, W, L,
+                        R: tl.constexpr,
                         NCH, NSUM, NSEG, SEG_CH, SUM_STRIDE, HAS_D: tl.constexpr,
                         MERGED: tl.constexpr, COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr,
                         SEGMENTED: tl.constexpr, SUMMARY: tl.constexpr,
@@ -314,8 +323,8 @@ def _ss2d_bwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
     lt = tl.arange(0, BLOCK_L)
     # (compile-time constants are passed one by one: inside a tuple they would not stay so)
     args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr, dy_ptr,
-            dyt_ptr, dx_ptr, dxt_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr,
-            cin_ptr, sum_ptr, b, seg, pid_c, c, cm, lt, CH, H, W, L)
+            dyt_ptr, dx_ptr, dxt_ptr, dxo_ptr, dpre_ptr, dbias_ptr, dA_ptr, dB_ptr, dC_ptr,
+            dD_ptr, cin_ptr, sum_ptr, b, seg, pid_c, c, cm, lt, CH, H, W, L)
     sizes = (NCH, NSUM, NSEG, SEG_CH, SUM_STRIDE)
     # each direction may add into the dx that the previous ones wrote, from other threads
     _bwd_direction(*args, R, *sizes, 0, False, HAS_D, MERGED, COLS_T, PRE_GIVEN, SEGMENTED,
@@ -518,15 +527,15 @@ def _backward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, h
                       merged, cols_t, pre_given, block_c, block_l, num_warps, segments, maxnreg,
                       sum_rows):
     """Empty dx, dpre, dbias, dA, dB, dC, dD of the backward launch (also its fake
-    implementation): float32, but dpre in the dt projection's dtype (:func:`_projection_dtype`).
-    dB, dC: :func:`_sum_rows` rows per image and direction."""
+    implementation): dx in x's dtype, dpre in the dt projection's (:func:`_projection_dtype`),
+    the rest float32. dB, dC: :func:`_sum_rows` rows per image and direction."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
     per_channel = (batch * _segment_layout(length, block_l, segments)[2], 4 * channels)
     partials = (batch, 4, _sum_rows(channels, block_c, sum_rows), length)
     shapes = (x.shape, (batch, 4, channels, length), per_channel, per_channel, partials,
               partials, per_channel)
-    return tuple(x.new_empty(shape, dtype=_projection_dtype(dt_low.dtype) if i == 1 else
-                             torch.float32) for i, shape in enumerate(shapes))
+    dtypes = (x.dtype, _projection_dtype(dt_low.dtype)) + (torch.float32, ) * 5
+    return tuple(x.new_empty(shape, dtype=dtype) for shape, dtype in zip(shapes, dtypes))
 
 
 @opaque_under_compile('ss2d_n1_bwd', _backward_outputs)
@@ -538,12 +547,13 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
                      maxnreg: Optional[int], sum_rows: int
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward launch: returns float32 dx, d(delta pre-activation) in walked order (in
-    the projection's dtype), and float32 partials of d dt_bias, dA, dD (per image and segment)
-    and dB, dC (rows as ``sum_rows`` says, walked order). ``cols_t`` as in the forward launch: the
-    column directions read transposed copies of x and dy and write a transposed dx, added into
-    dx here. ``segments`` as in the forward launch (the carried gradient enters each
-    segment); ``maxnreg`` likewise. ``sum_rows``: 0, dB and dC have a row per channel block;
+    """The backward launch: returns dx in x's dtype (the directions summed in float32),
+    d(delta pre-activation) in walked order (in the projection's dtype), and float32 partials of
+    d dt_bias, dA, dD (per image and segment) and dB, dC (rows as ``sum_rows`` says, walked
+    order). ``cols_t`` as in the forward launch: the column directions read transposed copies of
+    x and dy and write a transposed dx, added to the rows' here in the same pass as the cast.
+    ``segments`` as in the forward launch (the carried gradient enters each segment);
+    ``maxnreg`` likewise. ``sum_rows``: 0, dB and dC have a row per channel block;
     n > 0, n rows that the channel blocks add into (block i into row i % n)."""
     batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
     length = dt_low.shape[-1]
@@ -554,17 +564,21 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
     if atomic_sums:
         dB.zero_()
         dC.zero_()
+    # the float32 map the directions add into (dx itself where x is float32 or the directions
+    # are not merged); the last one writes dx (merged, no transposed part) or add_transposed does
+    acc = dx if dx.dtype == torch.float32 or not merged else torch.empty_like(
+        dx, dtype=torch.float32)
     if cols_t:
         xt, dyt, dxt = _transposed(x), _transposed(dy), _transposed_output(x)
     else:
-        xt, dyt, dxt = x, dy, dx
+        xt, dyt, dxt = x, dy, acc
     n_cblocks = triton.cdiv(channels, block_c)
     n_chunks, per_segment, n_segments = _segment_layout(length, block_l, segments)
 
     def launch(entries, sums, summary):
         _ss2d_bwd_n1_kernel[(n_cblocks, batch, n_segments)](
             x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, states, dy,
-            dyt, dx, dxt, dpre, dbias, dA, dB, dC, dD, entries, sums, channels, height,
+            dyt, acc, dxt, dx, dpre, dbias, dA, dB, dC, dD, entries, sums, channels, height,
             width, length, rank, n_chunks, dB.shape[2], n_segments, per_segment,
             sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, MERGED=merged,
             COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1, SUMMARY=summary,
@@ -573,7 +587,7 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
 
     _run_passes(launch, dA, (batch, 4, channels, n_segments), merged, True)
     if cols_t:
-        dx.add_(dxt.transpose(2, 3))
+        add_transposed(acc, dxt, dx)
     return dx, dpre, dbias, dA, dB, dC, dD
 
 
@@ -649,7 +663,7 @@ class SS2DScanN1Function(torch.autograd.Function):
             dB, dC = dB.sum(2, keepdim=True), dC.sum(2, keepdim=True)
         if cols_t:  # back to row-major
             ddtl, dB, dC = (_odd_directions_by_column(t, width, height) for t in (ddtl, dB, dC))
-        return (dx.to(x.dtype), ) + _parameter_grads(saved, ddtl, dw, dbias, dA, dB, dC, dD)
+        return (dx, ) + _parameter_grads(saved, ddtl, dw, dbias, dA, dB, dC, dD)
 
     @staticmethod
     def _backward_map(ctx, saved, dy):

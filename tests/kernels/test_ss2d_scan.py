@@ -442,3 +442,28 @@ def test_auto_segments_reach_the_programs_asked_for(monkeypatch):
     check_against_reference(lambda **kw: ss2d_scan_triton(**kw, block_l=16,
                                                           transpose_columns=True), inputs, 1e-5)
     assert {n_segments for _, _, n_segments in launches} == {3}  # 36 steps: 3 chunks of 16
+
+
+@pytest.mark.parametrize('shape,dtype', [((2, 3, 5, 7), torch.float16), ((1, 2, 33, 40),
+                                                                          torch.bfloat16),
+                                         ((2, 1, 36, 3), torch.float32)])
+def test_add_transposed_against_torch(shape, dtype):
+    # the backward's dx: the rows' float32 map plus the columns' transposed one, cast in the same
+    # pass: within one output ulp of the float64 sum, and bitwise torch's float32 sum rounded
+    # to nearest (bfloat16: not on the CPU, where Triton's interpreter truncates that cast); maps
+    # larger than one 32 x 32 tile, non-square, and in place (out is a) in float32
+    from vmamba_kernels.map_transpose import add_transposed, add_transposed_reference
+    g = torch.Generator().manual_seed(sum(shape))
+    a = torch.randn(*shape, generator=g)
+    t = torch.randn(*shape[:2], shape[3], shape[2], generator=g)
+    want = add_transposed_reference(a, t, dtype)
+    exact = a.double() + t.double().transpose(2, 3)
+    out = a if dtype == torch.float32 else torch.empty(shape, dtype=dtype)
+    got = add_transposed(a, t, out)
+    assert got is out and got.dtype == dtype
+    ulp = 2.0**-{torch.float16: 10, torch.bfloat16: 7, torch.float32: 23}[dtype]
+    assert ((got.double() - exact).abs() <= exact.abs() * ulp).all()
+    if dtype != torch.bfloat16 or got.device.type != 'cpu':
+        assert torch.equal(got, want), (got.double() - want.double()).abs().max()
+    with pytest.raises(ValueError, match=r'got a \(2, 3, 5, 7\), t \(2, 3, 5, 7\)'):
+        add_transposed(torch.zeros(2, 3, 5, 7), torch.zeros(2, 3, 5, 7), torch.zeros(2, 3, 5, 7))

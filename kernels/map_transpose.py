@@ -1,0 +1,42 @@
+"""A map plus the transpose of another, in one pass: how the d_state 1 backward adds the column
+directions' dx (walked on the transposed map) into the rows' and casts the sum to the map's
+dtype, where ``a.add_(t.transpose(2, 3))`` and ``.to(dtype)`` read and write the float32 map
+twice more."""
+import triton
+import triton.language as tl
+
+BLOCK = 32
+
+
+@triton.jit
+def _add_transposed_kernel(a_ptr, t_ptr, out_ptr, H, W, BLOCK_H: tl.constexpr,
+                           BLOCK_W: tl.constexpr):
+    plane = tl.program_id(0).to(tl.int64) * H * W  # one (image, channel) map per row of programs
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    w = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = (h[:, None] < H) & (w[None, :] < W)
+    row_major = plane + h[:, None] * W + w[None, :]
+    a = tl.load(a_ptr + row_major, mask=mask, other=0.).to(tl.float32)
+    t = tl.load(t_ptr + plane + w[None, :] * H + h[:, None], mask=mask, other=0.).to(tl.float32)
+    tl.store(out_ptr + row_major, (a + t).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def add_transposed(a, t, out):
+    """``out = a + t.transpose(2, 3)`` in ``out``'s dtype (the sum in float32): ``a`` and ``out``
+    contiguous (batch, C, H, W), ``t`` contiguous (batch, C, W, H); ``out`` may be ``a``."""
+    batch, channels, height, width = a.shape
+    if t.shape != (batch, channels, width, height) or out.shape != a.shape:
+        raise ValueError(f'add_transposed: t must be a.transpose(2, 3)-shaped and out a-shaped; '
+                         f'got a {tuple(a.shape)}, t {tuple(t.shape)}, out {tuple(out.shape)}')
+    if not (a.is_contiguous() and t.is_contiguous() and out.is_contiguous()):
+        raise ValueError('add_transposed: a, t and out must be contiguous')
+    grid = (batch * channels, triton.cdiv(height, BLOCK), triton.cdiv(width, BLOCK))
+    _add_transposed_kernel[grid](a, t, out, height, width, BLOCK_H=BLOCK, BLOCK_W=BLOCK,
+                                 num_warps=4)
+    return out
+
+
+def add_transposed_reference(a, t, dtype):
+    """The same sum in torch (for tests): one float32 addition, rounded once to ``dtype``."""
+    return (a.float() + t.float().transpose(2, 3)).to(dtype)
+
