@@ -39,4 +39,3 @@ def add_transposed(a, t, out):
 def add_transposed_reference(a, t, dtype):
     """The same sum in torch (for tests): one float32 addition, rounded once to ``dtype``."""
     return (a.float() + t.float().transpose(2, 3)).to(dtype)
-

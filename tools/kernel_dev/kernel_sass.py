@@ -42,7 +42,8 @@ FWD_POINTERS = ('x_ptr', 'xt_ptr', 'dtl_ptr', 'w_ptr', 'bias_ptr', 'A_ptr', 'B_p
                 'D_ptr', 'y_ptr', 'yt_ptr', 'hs_ptr', 'hin_ptr', 'sum_ptr')
 BWD_POINTERS = ('x_ptr', 'xt_ptr', 'dtl_ptr', 'w_ptr', 'bias_ptr', 'A_ptr', 'B_ptr', 'C_ptr',
                 'D_ptr', 'hs_ptr', 'dy_ptr', 'dyt_ptr', 'dx_ptr', 'dxt_ptr', 'dxo_ptr',
-                'dpre_ptr', 'dbias_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dD_ptr', 'cin_ptr', 'sum_ptr')
+                'dpre_ptr', 'dbias_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dD_ptr', 'cin_ptr',
+                'sum_ptr')
 BF16_POINTERS = ('x_ptr', 'xt_ptr', 'B_ptr', 'C_ptr', 'dxo_ptr')  # as under autocast
 
 
@@ -99,7 +100,9 @@ def compile_kernel(args):
     if args.kernel.startswith('map-'):
         return compile_map_kernel(args)
     fn = n1._ss2d_fwd_n1_kernel if args.kernel == 'fwd' else n1._ss2d_bwd_n1_kernel
-    pointers = FWD_POINTERS if args.kernel == 'fwd' else BWD_POINTERS
+    # (dxo_ptr: the kernels before the backward wrote dx in the map's dtype have none)
+    pointers = [name for name in (FWD_POINTERS if args.kernel == 'fwd' else BWD_POINTERS)
+                if name in fn.arg_names]
     signature = {name: '*bf16' if name in BF16_POINTERS else '*fp32' for name in pointers}
     # dt_low is bf16 for the forward's in-kernel projection, float32 otherwise
     signature['dtl_ptr'] = '*bf16' if args.kernel == 'fwd' and not args.pre_given else '*fp32'
