@@ -21,9 +21,10 @@ What else differs, each measured on the H100 (docs/kernels.md):
   (:func:`_combine_grad`) instead of shifting the decay by one step, and writes d(delta
   pre-activation) so that the dt projection's two gradients are batched GEMMs in the caller
   rather than 2 R reductions per chunk.
-* On maps of >= 512 positions the backward adds its channel sums of dB and dC into one row per
-  image and direction with float32 atomics (no partial rows per channel block to write and read
-  back), so its dB / dC are not bitwise reproducible; under
+* The backward adds its channel sums of dB and dC with float32 atomics into a few rows per
+  image and direction (no partial row per channel block to write and read back; 16 rows on maps
+  of 128 to 511 positions, one elsewhere: :func:`default_sum_rows`), so its dB / dC are not
+  bitwise reproducible; under
   ``torch.use_deterministic_algorithms(True)`` it writes the per-block rows and sums them in a
   fixed order (:func:`default_atomic_sums`).
 """
@@ -372,10 +373,11 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     backward adds its channel sums of dB and dC into one row per image and direction with
     float32 atomics (in no fixed order, so not bitwise reproducible) instead of writing one row
     per channel block that a reduction then reads back; None: :func:`default_atomic_sums`
-    (on maps of >= 512 positions). ``bwd_sum_rows``: how many rows per image and direction the
-    channel blocks add into with atomics (block i into row i % rows; the rows are summed after),
-    fewer blocks adding into the same addresses; given, it asks for atomic sums (as
-    ``bwd_atomic_sums=True``); None: 1 row where the sums are atomic.
+    (unless deterministic algorithms are asked for). ``bwd_sum_rows``: how many rows per image
+    and direction the channel blocks add into with atomics (block i into row i % rows; the rows
+    are summed after), fewer blocks adding into the same addresses; given, it asks for atomic
+    sums (as ``bwd_atomic_sums=True``); None: :func:`default_sum_rows` where the sums are
+    atomic.
 
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
@@ -406,24 +408,35 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
             raise ValueError(f'bwd_sum_rows ({bwd_sum_rows}) are rows that atomics add into: it '
                              'cannot go with bwd_atomic_sums=False')
         bwd_atomic_sums = True
-    atomic = default_atomic_sums(length) if bwd_atomic_sums is None else bool(bwd_atomic_sums)
+    atomic = default_atomic_sums() if bwd_atomic_sums is None else bool(bwd_atomic_sums)
     return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw, segments=segments or 1,
                  maxnreg=maxnreg),
             dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw, segments=bwd_segments or 1,
-                 maxnreg=bwd_maxnreg, atomic_sums=atomic, sum_rows=bwd_sum_rows or 1))
+                 maxnreg=bwd_maxnreg, atomic_sums=atomic,
+                 sum_rows=bwd_sum_rows or default_sum_rows(length)))
 
 
-# from this many positions on, the backward sums dB and dC over channel blocks with atomics by
-# default (H100: faster at 56 x 56 and 28 x 28; at 14 x 14, 192 channel blocks adding into the
-# same rows, 4-8% slower than the per-block rows; docs/kernels.md)
-ATOMIC_SUMS_FROM_LENGTH = 512
+# walks of this many steps (up to 511) add their dB / dC channel sums into SPREAD_SUM_ROWS rows
+# per image and direction by default, others into one (H100, VMamba-T under CUDA graphs,
+# forward + backward: 14 x 14 1.30 ms per-block rows, 1.29 one row, 1.24 16 rows; 7 x 7 0.92,
+# 0.88, 0.90; 56 x 56 and 28 x 28 fastest with one row; docs/kernels.md)
+SPREAD_SUM_ROWS_FROM_LENGTH = 128
+SPREAD_SUM_ROWS = 16
 
 
-def default_atomic_sums(length):
-    """Whether the backward of a walk of ``length`` steps sums dB / dC over channel blocks by
-    atomics: from ``ATOMIC_SUMS_FROM_LENGTH`` on, except while
-    ``torch.use_deterministic_algorithms(True)`` asks for bitwise reproducible results."""
-    return length >= ATOMIC_SUMS_FROM_LENGTH and not torch.are_deterministic_algorithms_enabled()
+def default_atomic_sums():
+    """Whether the backward sums dB / dC over channel blocks by atomics by default: yes, except
+    while ``torch.use_deterministic_algorithms(True)`` asks for bitwise reproducible results
+    (then per-block rows, summed in a fixed order)."""
+    return not torch.are_deterministic_algorithms_enabled()
+
+
+def default_sum_rows(length):
+    """Rows per image and direction that the channel blocks of a walk of ``length`` steps add
+    into where the sums are atomic and no ``bwd_sum_rows`` is given: ``SPREAD_SUM_ROWS`` on
+    maps of ``SPREAD_SUM_ROWS_FROM_LENGTH`` to 511 positions (fewer blocks adding into the same
+    addresses), else 1."""
+    return SPREAD_SUM_ROWS if SPREAD_SUM_ROWS_FROM_LENGTH <= length < 512 else 1
 
 
 def _segment_layout(length, block_l, segments):

@@ -204,15 +204,20 @@ def test_triton_d_state_1_atomic_channel_sums(transpose_columns, segments, rows)
 
 
 def test_triton_d_state_1_backward_defaults_and_bad_value(monkeypatch):
-    # atomics on large maps only, and only while deterministic algorithms are not asked for
+    # atomics on every map while deterministic algorithms are not asked for, into 16 rows on
+    # maps of 128 to 511 positions and into one elsewhere
     from vmamba_kernels import ss2d_n1
-    assert ss2d_n1.n1_launch_config(3136)[1]['atomic_sums'] is True
-    assert ss2d_n1.n1_launch_config(784)[1]['atomic_sums'] is True
-    assert ss2d_n1.n1_launch_config(196)[1]['atomic_sums'] is False
+    for length, rows in ((3136, 1), (784, 1), (512, 1), (511, 16), (196, 16), (128, 16),
+                         (127, 1), (49, 1)):
+        bwd = ss2d_n1.n1_launch_config(length)[1]
+        assert (bwd['atomic_sums'], bwd['sum_rows']) == (True, rows), length
+    assert ss2d_n1.n1_launch_config(196, bwd_sum_rows=3)[1]['sum_rows'] == 3
+    assert ss2d_n1.n1_launch_config(196, bwd_atomic_sums=False)[1]['atomic_sums'] is False
     assert ss2d_n1.n1_launch_config(196, bwd_atomic_sums=True)[1]['atomic_sums'] is True
     assert ss2d_n1.n1_launch_config(3136, bwd_atomic_sums=False)[1]['atomic_sums'] is False
     monkeypatch.setattr(torch, 'are_deterministic_algorithms_enabled', lambda: True)
     assert ss2d_n1.n1_launch_config(3136)[1]['atomic_sums'] is False
+    assert ss2d_n1.n1_launch_config(196)[1]['atomic_sums'] is False
     assert ss2d_n1.n1_launch_config(3136, bwd_atomic_sums=True)[1]['atomic_sums'] is True
     with pytest.raises(ValueError, match="bwd_atomic_sums must be True, False or None, got 'yes'"):
         ss2d_n1.n1_launch_config(64, bwd_atomic_sums='yes')
