@@ -43,7 +43,8 @@ def resolve_backend(backend: Optional[str], tensor: torch.Tensor) -> str:
 
 def ss2d_scan(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
               dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
-              D: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+              D: Optional[torch.Tensor] = None, backend: Optional[str] = None,
+              out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Fused SS2D core of VMamba.
 
     Args:
@@ -58,18 +59,32 @@ def ss2d_scan(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
         D (Tensor, optional): (4*C,) skip (``Ds``).
         backend (str, optional): 'auto', 'triton' or 'torch'; default from ``$VMAMBA_SCAN_BACKEND``
             or 'auto' (Triton on CUDA, torch elsewhere).
+        out_dtype (torch.dtype, optional): the output's dtype: None (float32, or float64 for
+            float64 input), torch.float32 or x's dtype (the four directions are still summed in
+            float32 and rounded once; under autocast, half the bytes for the norm that follows
+            and for the gradient coming back).
 
     Returns:
-        Tensor: (batch, C, H, W) float32 (float64 for float64 input on the torch path): the sum over
+        Tensor: (batch, C, H, W) float32 (float64 for float64 input on the torch path; else
+        ``out_dtype``): the sum over
         the 4 directions of each direction's scan output, mapped back to (H, W). CPU inference
         returns it stored channels-last (what the following LayerNorm reads without a copy):
         use ``reshape`` rather than ``view`` on it.
     """
     # both paths validate every argument; only x is needed to choose between them
     check_tensor('x', x, 4)
+    check_out_dtype(out_dtype, x)
     if resolve_backend(backend, x) == 'triton':
-        return ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
-    return ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+        return ss2d_scan_triton(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, out_dtype=out_dtype)
+    y = ss2d_scan_torch(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    return y if out_dtype is None else y.to(out_dtype)
+
+
+def check_out_dtype(out_dtype, x):
+    """``out_dtype`` is None, torch.float32 or x's dtype, else a ValueError naming it."""
+    if out_dtype is not None and out_dtype not in (torch.float32, x.dtype):
+        raise ValueError(f'out_dtype must be None, torch.float32 or x\'s dtype ({x.dtype}), '
+                         f'got {out_dtype!r}')
 
 
 def _traced():
@@ -105,24 +120,28 @@ def ss2d_scan_torch(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
 
 def ss2d_scan_triton(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
                      dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
-                     D: Optional[torch.Tensor] = None, **config) -> torch.Tensor:
-    """Triton path of :func:`ss2d_scan`; returns (batch, C, H, W) float32.
+                     D: Optional[torch.Tensor] = None, out_dtype: Optional[torch.dtype] = None,
+                     **config) -> torch.Tensor:
+    """Triton path of :func:`ss2d_scan`; returns (batch, C, H, W) float32 (or ``out_dtype``).
 
     d_state 1 runs the kernels of ``ss2d_n1.py`` (``config``: see
     :func:`vmamba_kernels.ss2d_n1.ss2d_scan_n1`), larger d_state the general ones of
     ``ss2d_triton.py`` (``config``: ``block_c``, ``block_l``, ``num_warps``)."""
     check_ss2d_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    check_out_dtype(out_dtype, x)
     if A.shape[1] == 1:
         from .ss2d_n1 import ss2d_scan_n1
-        return ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, **config)
+        return ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, out_dtype=out_dtype,
+                            **config)
     from .ss2d_triton import ss2d_scan_general
     general = {'block_c', 'block_l', 'num_warps'}
     unknown = sorted(set(config) - general)
     if unknown:
         raise TypeError(f'{unknown} apply to d_state 1 only (the kernels of ss2d_n1.py); with '
                         f'd_state {A.shape[1]} the options are {sorted(general)}')
-    return ss2d_scan_general(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, **config)
+    y = ss2d_scan_general(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, **config)
+    return y if out_dtype is None else y.to(out_dtype)
 
 
 def ss2d_scan_unfused_triton(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,

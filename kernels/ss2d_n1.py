@@ -127,7 +127,7 @@ def _segment_start(entry_ptr, b, seg, c, cm, CH, NSEG, K: tl.constexpr, SEGMENTE
 
 @triton.jit
 def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
-                   yt_ptr, hs_ptr, hin_ptr, sum_ptr, b, seg, c, cm, lt, CH, H, W, L,
+                   yt_ptr, yo_ptr, hs_ptr, hin_ptr, sum_ptr, b, seg, c, cm, lt, CH, H, W, L,
                    R: tl.constexpr, NCH, NSEG, SEG_CH, SUM_STRIDE, K: tl.constexpr,
                    REV: tl.constexpr, HAS_D: tl.constexpr, SAVE_STATES: tl.constexpr,
                    MERGED: tl.constexpr, COLS_T: tl.constexpr, PRE_GIVEN: tl.constexpr,
@@ -137,7 +137,9 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
     chunks unless SEGMENTED); REV: walk it as direction K - 2 backwards (chunks last to first,
     each scanned in reverse). SEGMENTED: the segment starts from the state in ``hin_ptr``.
     SUMMARY (the pre-pass of a segmented forward): nothing is written but the segment's total
-    decay and its end state from a zero start, the two halves of ``sum_ptr``."""
+    decay and its end state from a zero start, the two halves of ``sum_ptr``. Each direction
+    adds into the float32 map of the earlier ones; where the merged map has no transposed part
+    the last one writes the sum into ``yo_ptr`` (y in the output's dtype)."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
         dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D,
         PRE_GIVEN)
@@ -169,7 +171,11 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
             # add to what the earlier directions wrote into the same map
             if MERGED and (K >= 2 or (K == 1 and not COLS_T)):
                 y += tl.load(y_ptrs, mask=m2, other=0.)
-            tl.store(y_ptrs, y, mask=m2)
+            if MERGED and not COLS_T and K == 3:
+                tl.store(yo_ptr + dir_offset + c[:, None] * L + s[None, :],
+                         y.to(yo_ptr.dtype.element_ty), mask=m2)
+            else:
+                tl.store(y_ptrs, y, mask=m2)
     if SUMMARY:
         tl.store(sum_ptr + seg_row, tl.exp(log_decay), mask=cm)
         tl.store(sum_ptr + SUM_STRIDE + seg_row, h, mask=cm)
@@ -177,7 +183,8 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
 
 @triton.jit
 def _ss2d_fwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr,
-                        y_ptr, yt_ptr, hs_ptr, hin_ptr, sum_ptr, CH, H, W, L, R: tl.constexpr,
+                        y_ptr, yt_ptr, yo_ptr, hs_ptr, hin_ptr, sum_ptr, CH, H, W, L,
+                        R: tl.constexpr,
                         NCH, NSEG, SEG_CH, SUM_STRIDE, HAS_D: tl.constexpr,
                         SAVE_STATES: tl.constexpr, MERGED: tl.constexpr, COLS_T: tl.constexpr,
                         PRE_GIVEN: tl.constexpr, SEGMENTED: tl.constexpr, SUMMARY: tl.constexpr,
@@ -190,7 +197,7 @@ def _ss2d_fwd_n1_kernel(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C
     lt = tl.arange(0, BLOCK_L)
     # (compile-time constants are passed one by one: inside a tuple they would not stay so)
     args = (x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, yt_ptr,
-            hs_ptr, hin_ptr, sum_ptr, b, seg, c, cm, lt, CH, H, W, L)
+            yo_ptr, hs_ptr, hin_ptr, sum_ptr, b, seg, c, cm, lt, CH, H, W, L)
     sizes = (NCH, NSEG, SEG_CH, SUM_STRIDE)
     # each direction may add into what the previous ones wrote, from other threads: barriers
     _fwd_direction(*args, R, *sizes, 0, False, HAS_D, SAVE_STATES, MERGED, COLS_T, PRE_GIVEN,
@@ -471,11 +478,14 @@ def _run_passes(launch, placeholder, summary_shape, merged, backward):
 
 
 def _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
-                     cols_t, save, pre_given, block_c, block_l, num_warps, segments, maxnreg):
-    """Empty float32 y, states of the forward launch (also its fake implementation)."""
+                     cols_t, save, pre_given, block_c, block_l, num_warps, segments, maxnreg,
+                     out_x_dtype=False):
+    """Empty y (float32, or x's dtype with ``out_x_dtype``) and float32 states of the forward
+    launch (also its fake implementation)."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
-    shapes = (x.shape, (batch, 4, channels, triton.cdiv(length, block_l)) if save else (1, ))
-    return tuple(x.new_empty(shape, dtype=torch.float32) for shape in shapes)
+    states = x.new_empty((batch, 4, channels, triton.cdiv(length, block_l)) if save else (1, ),
+                         dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=x.dtype if out_x_dtype else torch.float32), states
 
 
 def _transposed(t):
@@ -495,12 +505,13 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
                     dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
                     D: Optional[torch.Tensor], height: int, width: int, merged: bool,
                     cols_t: bool, save: bool, pre_given: bool, block_c: int, block_l: int,
-                    num_warps: int, segments: int, maxnreg: Optional[int]
-                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+                    num_warps: int, segments: int, maxnreg: Optional[int],
+                    out_x_dtype: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward launch: returns y and the chunk start states (a placeholder unless
-    ``save``), float32. ``cols_t``: the column directions read a transposed copy of the map and
-    write a transposed sum, added into y here, so y holds all four directions either way (one
-    opaque operator: a compiled graph sees neither transpose nor the second float32 map).
+    ``save``), float32; with ``out_x_dtype`` (merged only) y in x's dtype, the directions summed
+    in float32 and rounded once. ``cols_t``: the column directions read a transposed copy of the
+    map and write a transposed sum, added into y here, so y holds all four directions either way
+    (one opaque operator: a compiled graph sees neither transpose nor the second float32 map).
     ``pre_given``: ``dt_low`` is the projected dt (:func:`_projected_dt`) instead.
     ``segments`` > 1: each walk is split into that many runs of chunks, one program each, after
     a pre-pass that finds the state entering each. ``maxnreg``: the kernel's register cap (None:
@@ -508,15 +519,17 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
     channels, rank, length = dt_weight.shape[1], dt_weight.shape[2], dt_low.shape[-1]
     y, states = _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
                                  merged, cols_t, save, pre_given, block_c, block_l, num_warps,
-                                 segments, maxnreg)
-    xt, yt = (_transposed(x), _transposed_output(x)) if cols_t else (x, y)
+                                 segments, maxnreg, out_x_dtype and merged)
+    # the float32 map the directions add into (y itself where y is float32)
+    acc = y if y.dtype == torch.float32 else torch.empty_like(y, dtype=torch.float32)
+    xt, yt = (_transposed(x), _transposed_output(x)) if cols_t else (x, acc)
     n_chunks, per_segment, n_segments = _segment_layout(length, block_l, segments)
     grid = (triton.cdiv(channels, block_c), x.shape[0], n_segments)
 
     def launch(entries, sums, summary):
         _ss2d_fwd_n1_kernel[grid](
-            x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, y, yt,
-            states, entries, sums, channels,
+            x, xt, dt_low, dt_weight, dt_bias, A, Bs, Cs, D if D is not None else A, acc, yt,
+            y, states, entries, sums, channels,
             height, width, length, rank, n_chunks, n_segments, per_segment,
             sums[0].numel() if n_segments > 1 else 0, HAS_D=D is not None, SAVE_STATES=save,
             MERGED=merged, COLS_T=cols_t, PRE_GIVEN=pre_given, SEGMENTED=n_segments > 1,
@@ -525,7 +538,7 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
 
     _run_passes(launch, states, (x.shape[0], 4, channels, n_segments), merged, False)
     if cols_t:
-        y.add_(yt.transpose(2, 3))
+        add_transposed(acc, yt, y)
     return y, states
 
 
@@ -608,7 +621,8 @@ class SS2DScanN1Function(torch.autograd.Function):
     """Forward and backward launches of the d_state = 1 kernels.
 
     merged=True: ``x`` is the (batch, C, H, W) map, dt_low, Bs, Cs (batch, 4, ., L) row-major;
-    returns float32 y (batch, C, H, W), the sum of the four directions. With ``cols_t`` the
+    returns y (batch, C, H, W), the sum of the four directions, float32 (with ``out_x_dtype``:
+    in x's dtype, rounded once from the float32 sum). With ``cols_t`` the
     launches give the column directions a transposed copy of the map (and their dt_low / Bs / Cs
     rows copied column-major); without, those directions walk x with a stride.
     merged=False (the benchmark's unfused baseline): ``x`` is the (batch, 4, C, L) cross scan,
@@ -617,7 +631,7 @@ class SS2DScanN1Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
-                cols_t, cfg, bwd_cfg, project_first=False, whole_map=None):
+                cols_t, cfg, bwd_cfg, project_first=False, whole_map=None, out_x_dtype=False):
         whole_map = whole_map if merged else None
         cols_t = merged and cols_t and whole_map is None
         project_first = merged and project_first
@@ -633,12 +647,13 @@ class SS2DScanN1Function(torch.autograd.Function):
         if whole_map is not None:
             y = launch_forward_map(x, dt_src, dt_weight, dt_bias, A, bs, cs, D, project_first,
                                    *whole_map)
+            y = y.to(x.dtype) if out_x_dtype else y
             states = None
         else:
             y, states = _launch_forward(
                 x, dt_src, dt_weight, dt_bias, A, bs, cs, D, height, width, merged, cols_t,
                 save, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
-                cfg['segments'], cfg['maxnreg'])
+                cfg['segments'], cfg['maxnreg'], out_x_dtype)
         del dt_src, bs, cs
         if save:
             # the transposed map is not kept: the backward launch transposes x again (cheaper
@@ -709,7 +724,7 @@ def _parameter_grads(saved, ddtl, dw, dbias, dA, dB, dC, dD):
     return (ddtl.to(dt_low.dtype), dw.to(dt_weight.dtype),
             dbias.sum(0).view(4, dt_weight.shape[1]).to(dt_bias.dtype),
             dA.sum(0)[:, None].to(A.dtype), dB.to(Bs.dtype), dC.to(Cs.dtype),
-            dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 8
+            dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 9
 
 
 def _rows_in_walk_order(rows, height, width, cols_t):
@@ -789,7 +804,7 @@ PROJECT_FROM_RANK = 16
 
 def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_columns=None,
                  project_first=None, whole_map=None, map_block_c=None, map_num_warps=None,
-                 **tiles):
+                 out_dtype=None, **tiles):
     """Fused SS2D core for d_state = 1 (inputs as :func:`vmamba_kernels.ss2d_scan`, already
     checked; ``tiles`` as :func:`n1_launch_config`).
 
@@ -800,6 +815,10 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     gradient) happen inside the launches, so a compiled graph holds one float32 output per scan.
     On the H100 at 56 x 56 this halves the forward (docs/kernels.md); on small maps the strided
     walk stays in cache and the copies would cost more than they save.
+
+    ``out_dtype``: y's dtype, float32 (None) or x's (checked by the caller): the directions are
+    summed in float32 and the last of them (with transposed columns: the pass adding the column
+    part) writes the sum rounded to x's dtype, so no float32 map is left for a cast to read.
 
     With a large dt rank (``project_first`` None: rank >= ``PROJECT_FROM_RANK``) delta's
     pre-activation w dt_low is one GEMM before each launch, (batch, 4, C, L), which the kernels
@@ -824,6 +843,7 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     """
     height, width = x.shape[2], x.shape[3]
     length = height * width
+    out_x = out_dtype is not None and out_dtype != torch.float32  # (checked: x's dtype)
     cfg, bwd_cfg = n1_launch_config(length, **tiles)
     if project_first is None:
         project_first = dt_weight.shape[2] >= PROJECT_FROM_RANK
@@ -837,19 +857,20 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
                                     forward_only=inference)
         return SS2DScanN1Function.apply(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
                                         width, True, False, cfg, bwd_cfg, project_first,
-                                        map_cfg)
+                                        map_cfg, out_x)
     if transpose_columns is None:
         transpose_columns = length >= TRANSPOSE_FROM_LENGTH
     if not transpose_columns:
         return SS2DScanN1Function.apply(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,
-                                        width, True, False, cfg, bwd_cfg, project_first)
+                                        width, True, False, cfg, bwd_cfg, project_first, None,
+                                        out_x)
     for name, launch in (('segments', cfg), ('bwd_segments', bwd_cfg)):
         if tiles.get(name) is None:  # split long walks only where asked to (auto_segments)
             launch['segments'] = auto_segments(
                 x.shape[0] * triton.cdiv(x.shape[1], launch['BLOCK_C']),
                 triton.cdiv(length, launch['BLOCK_L']))
     return SS2DScanN1Function.apply(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
-                                    True, True, cfg, bwd_cfg, project_first)
+                                    True, True, cfg, bwd_cfg, project_first, None, out_x)
 
 
 def ss2d_scan_n1_unfused(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,

@@ -30,11 +30,13 @@ def _counting_hooks(counter):
     """Count the scan by formula and LayerNorm as fvcore does (5 per element with affine)."""
     scan, layer_norm = ss2d_module.ss2d_scan, layers_module.F.layer_norm
 
-    def counted_scan(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, backend=None):
+    def counted_scan(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, backend=None,
+                     out_dtype=None):
         batch, channels, height, width = x.shape
         counter['scan'] += scan_flops(batch, height * width, 4 * channels, A.shape[1],
                                       dt_weight.shape[2])
-        return x.new_zeros(x.shape, dtype=torch.float32)  # FLOPs depend on shapes only
+        # FLOPs depend on shapes only
+        return x.new_zeros(x.shape, dtype=out_dtype or torch.float32)
 
     def counted_layer_norm(x, shape, weight=None, bias=None, eps=1e-5):
         counter['norm'] += x.numel() * (5 if weight is not None else 4)

@@ -472,3 +472,41 @@ def test_add_transposed_against_torch(shape, dtype):
         assert torch.equal(got, want), (got.double() - want.double()).abs().max()
     with pytest.raises(ValueError, match=r'got a \(2, 3, 5, 7\), t \(2, 3, 5, 7\)'):
         add_transposed(torch.zeros(2, 3, 5, 7), torch.zeros(2, 3, 5, 7), torch.zeros(2, 3, 5, 7))
+
+
+@pytest.mark.parametrize('options', [dict(transpose_columns=False), dict(transpose_columns=True),
+                                     dict(whole_map=True), dict(backend='torch'),
+                                     dict(d_state=2)])
+def test_output_in_the_maps_dtype(options):
+    # out_dtype=x's dtype: y is the float32 sum of the four directions rounded once (bitwise the
+    # float32 output cast), and the gradients through a half-precision y stay within float16's
+    # tolerance of float64; every path (chunked kernels with and without transposed columns,
+    # the whole-map kernels, the general d_state kernels, torch)
+    options = dict(options)
+    d_state = options.pop('d_state', 1)
+    backend = options.pop('backend', 'triton')
+    half = {'x', 'dt_low', 'Bs', 'Cs'}
+    inputs = make_inputs(2, 6, 5, 7, 2, d_state, seed=11)
+    inputs = {k: v.half() if k in half else v for k, v in inputs.items()}
+    if backend == 'torch':
+        fn = lambda out_dtype=None, **kw: vk.ss2d_scan(  # noqa: E731
+            **kw, backend='torch', out_dtype=out_dtype)
+    else:
+        tiles = dict(block_l=16) if d_state == 1 and not options.get('whole_map') else {}
+        fn = lambda out_dtype=None, **kw: ss2d_scan_triton(  # noqa: E731
+            **kw, out_dtype=out_dtype, **tiles, **options)
+    with torch.no_grad():
+        y32, y16 = fn(**inputs), fn(**inputs, out_dtype=torch.float16)
+    assert y32.dtype == torch.float32 and y16.dtype == torch.float16
+    assert torch.equal(y16, y32.half())
+    ref_in = {k: v.double() for k, v in inputs.items()}
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    y_ref, g_ref = forward_and_grads(naive_ss2d, ref_in, grad_out)
+    y, g = forward_and_grads(lambda **kw: fn(**kw, out_dtype=torch.float16), inputs, grad_out)
+    assert rel_err(y, y_ref) <= 2e-3
+    for name in PARAMS:
+        assert g[name].dtype == inputs[name].dtype
+        assert rel_err(g[name], g_ref[name]) <= 1e-2, (name, rel_err(g[name], g_ref[name]))
+    with pytest.raises(ValueError, match=r'out_dtype must be None, torch.float32 or x\'s dtype '
+                                         r'\(torch.float16\), got torch.bfloat16'):
+        vk.ss2d_scan(**inputs, backend=backend, out_dtype=torch.bfloat16)
