@@ -39,12 +39,12 @@ import vmamba_kernels.ss2d_n1 as n1  # noqa: E402
 import vmamba_kernels.ss2d_n1_map as m1  # noqa: E402
 
 FWD_POINTERS = ('x_ptr', 'xt_ptr', 'dtl_ptr', 'w_ptr', 'bias_ptr', 'A_ptr', 'B_ptr', 'C_ptr',
-                'D_ptr', 'y_ptr', 'yt_ptr', 'hs_ptr', 'hin_ptr', 'sum_ptr')
+                'D_ptr', 'y_ptr', 'yt_ptr', 'yo_ptr', 'hs_ptr', 'hin_ptr', 'sum_ptr')
 BWD_POINTERS = ('x_ptr', 'xt_ptr', 'dtl_ptr', 'w_ptr', 'bias_ptr', 'A_ptr', 'B_ptr', 'C_ptr',
                 'D_ptr', 'hs_ptr', 'dy_ptr', 'dyt_ptr', 'dx_ptr', 'dxt_ptr', 'dxo_ptr',
                 'dpre_ptr', 'dbias_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dD_ptr', 'cin_ptr',
                 'sum_ptr')
-BF16_POINTERS = ('x_ptr', 'xt_ptr', 'B_ptr', 'C_ptr', 'dxo_ptr')  # as under autocast
+BF16_POINTERS = ('x_ptr', 'xt_ptr', 'B_ptr', 'C_ptr', 'yo_ptr', 'dxo_ptr')  # as under autocast
 
 
 def compile_map_kernel(args):
