@@ -377,7 +377,7 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     more programs fit on a multiprocessor; None: the compiler's choice, except the backward's
     default tile at >= 512 positions, capped at 80 (H100: stage 1 of VMamba-T 96 -> 80 registers,
     forward + backward 3.75 -> 3.40 ms with atomic sums; docs/kernels.md). ``bwd_atomic_sums``: the
-    backward adds its channel sums of dB and dC into one row per image and direction with
+    backward adds its channel sums of dB and dC into a few rows per image and direction with
     float32 atomics (in no fixed order, so not bitwise reproducible) instead of writing one row
     per channel block that a reduction then reads back; None: :func:`default_atomic_sums`
     (unless deterministic algorithms are asked for). ``bwd_sum_rows``: how many rows per image
