@@ -181,6 +181,29 @@ def test_triton_d_state_1_half_inputs_and_deterministic(transpose_columns, proje
         assert torch.equal(g1[name], g2[name]), name
 
 
+@pytest.mark.parametrize('shape,dtype', [((2, 5, 3, 7, 3, 1), torch.float32),
+                                         ((1, 6, 5, 4, 2, 1), torch.float16),
+                                         ((1, 4, 3, 5, 2, 4), torch.float32)])
+def test_unfused_baseline_matches_float64_reference(shape, dtype):
+    # the benchmark's unfused baseline: the same kernels over inputs cross-scanned beforehand,
+    # per-direction outputs merged afterwards, against float64 (d_state 1 and the general
+    # kernels; float16 inputs: its per-direction dx in the map's dtype)
+    from vmamba_kernels.reference import cross_merge, cross_scan, to_scan_order
+    height, width = shape[2], shape[3]
+
+    def unfused(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D):
+        ys = vk.ss2d_scan_unfused_triton(
+            cross_scan(x), to_scan_order(dt_low, height, width), dt_weight, dt_bias, A,
+            to_scan_order(Bs, height, width), to_scan_order(Cs, height, width), D, height,
+            width)
+        assert ys.shape == (x.shape[0], 4, x.shape[1], height * width)
+        return cross_merge(ys.float(), height, width)
+
+    half = {'x', 'dt_low', 'Bs', 'Cs'}
+    inputs = {k: v.to(dtype) if k in half else v for k, v in make_inputs(*shape).items()}
+    check_against_reference(unfused, inputs, 1e-5 if dtype == torch.float32 else 1e-2)
+
+
 @pytest.mark.parametrize('transpose_columns,segments,rows', [(False, 1, None), (True, 1, None),
                                                              (True, 3, None), (False, 1, 3),
                                                              (True, 2, 2), (False, 1, 9)])
