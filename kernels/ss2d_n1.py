@@ -423,11 +423,13 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
                  sum_rows=bwd_sum_rows or default_sum_rows(length)))
 
 
-# walks of this many steps (up to 511) add their dB / dC channel sums into SPREAD_SUM_ROWS rows
-# per image and direction by default, others into one (H100, VMamba-T under CUDA graphs,
-# forward + backward: 14 x 14 1.30 ms per-block rows, 1.29 one row, 1.24 16 rows; 7 x 7 0.92,
-# 0.88, 0.90; 56 x 56 and 28 x 28 fastest with one row; docs/kernels.md)
+# walks of SPREAD_SUM_ROWS_FROM_LENGTH steps up to (not including) SPREAD_SUM_ROWS_TO_LENGTH add
+# their dB / dC channel sums into SPREAD_SUM_ROWS rows per image and direction by default, others
+# into one (H100, VMamba-T under CUDA graphs, forward + backward: 14 x 14 1.30 ms per-block rows,
+# 1.29 one row, 1.24 16 rows; 7 x 7 0.92, 0.88, 0.90; 56 x 56 and 28 x 28 fastest with one row;
+# docs/kernels.md)
 SPREAD_SUM_ROWS_FROM_LENGTH = 128
+SPREAD_SUM_ROWS_TO_LENGTH = 512
 SPREAD_SUM_ROWS = 16
 
 
@@ -441,9 +443,10 @@ def default_atomic_sums():
 def default_sum_rows(length):
     """Rows per image and direction that the channel blocks of a walk of ``length`` steps add
     into where the sums are atomic and no ``bwd_sum_rows`` is given: ``SPREAD_SUM_ROWS`` on
-    maps of ``SPREAD_SUM_ROWS_FROM_LENGTH`` to 511 positions (fewer blocks adding into the same
-    addresses), else 1."""
-    return SPREAD_SUM_ROWS if SPREAD_SUM_ROWS_FROM_LENGTH <= length < 512 else 1
+    maps of ``SPREAD_SUM_ROWS_FROM_LENGTH`` up to ``SPREAD_SUM_ROWS_TO_LENGTH`` positions
+    (fewer blocks adding into the same addresses), else 1."""
+    spread = SPREAD_SUM_ROWS_FROM_LENGTH <= length < SPREAD_SUM_ROWS_TO_LENGTH
+    return SPREAD_SUM_ROWS if spread else 1
 
 
 def _segment_layout(length, block_l, segments):
@@ -480,12 +483,13 @@ def _run_passes(launch, placeholder, summary_shape, merged, backward):
 def _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
                      cols_t, save, pre_given, block_c, block_l, num_warps, segments, maxnreg,
                      out_x_dtype=False):
-    """Empty y (float32, or x's dtype with ``out_x_dtype``) and float32 states of the forward
-    launch (also its fake implementation)."""
+    """Empty y (float32, or x's dtype with ``out_x_dtype`` on a merged launch) and float32
+    states of the forward launch (also its fake implementation, so both decide y's dtype)."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
     states = x.new_empty((batch, 4, channels, triton.cdiv(length, block_l)) if save else (1, ),
                          dtype=torch.float32)
-    return x.new_empty(x.shape, dtype=x.dtype if out_x_dtype else torch.float32), states
+    y_dtype = x.dtype if out_x_dtype and merged else torch.float32
+    return x.new_empty(x.shape, dtype=y_dtype), states
 
 
 def _transposed(t):
@@ -519,7 +523,7 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
     channels, rank, length = dt_weight.shape[1], dt_weight.shape[2], dt_low.shape[-1]
     y, states = _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
                                  merged, cols_t, save, pre_given, block_c, block_l, num_warps,
-                                 segments, maxnreg, out_x_dtype and merged)
+                                 segments, maxnreg, out_x_dtype)
     # the float32 map the directions add into (y itself where y is float32)
     acc = y if y.dtype == torch.float32 else torch.empty_like(y, dtype=torch.float32)
     xt, yt = (_transposed(x), _transposed_output(x)) if cols_t else (x, acc)

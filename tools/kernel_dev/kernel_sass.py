@@ -100,7 +100,7 @@ def compile_kernel(args):
     if args.kernel.startswith('map-'):
         return compile_map_kernel(args)
     fn = n1._ss2d_fwd_n1_kernel if args.kernel == 'fwd' else n1._ss2d_bwd_n1_kernel
-    # (dxo_ptr: the kernels before the backward wrote dx in the map's dtype have none)
+    # (yo_ptr / dxo_ptr: the kernels from before y / dx in the map's dtype have none)
     pointers = [name for name in (FWD_POINTERS if args.kernel == 'fwd' else BWD_POINTERS)
                 if name in fn.arg_names]
     signature = {name: '*bf16' if name in BF16_POINTERS else '*fp32' for name in pointers}
