@@ -648,3 +648,19 @@ def test_compiled_training_keeps_no_layer_norm_x_hat():
         return 'aten.sub' in a and 'aten.rsqrt' in b
 
     assert not [n.name for n in _compiled_forward_saves() if is_x_hat(n)]
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'small', 'base'])
+def test_scan_benchmark_stage_shapes_are_the_models(arch):
+    """tools/kernel_dev/benchmark_scan.py times the scan at each arch's stage shapes: (map side at
+    224 x 224, SSM channels, dt rank) as the built backbone's SS2D layers have them."""
+    import os.path as osp
+    import sys
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools',
+                                'kernel_dev'))
+    import benchmark_scan
+    model = VMamba(arch=arch)
+    for i, layer in enumerate(model.layers):
+        k, channels, rank = layer.blocks[0].op.dt_projs_weight.shape
+        assert k == 4
+        assert benchmark_scan.STAGES[arch][i + 1] == (56 >> i, channels, rank)

@@ -1,8 +1,8 @@
 """Benchmark and full-size check of the fused SS2D core (needs a CUDA GPU; torch + triton only).
 
 For each stage shape of VMamba-T at 224x224 (stage 1: 56x56, d_inner 96, ... stage 4: 7x7, 768;
-``--arch base``: VMamba-B's, d_inner 256 ... 2048), batch 128, bf16 inputs (``--dtype``),
-d_state 1, it times forward and forward+backward of
+``--arch small`` / ``base``: VMamba-S's, d_inner 192 ... 1536, or VMamba-B's, 256 ... 2048),
+batch 128, bf16 inputs (``--dtype``), d_state 1, it times forward and forward+backward of
   fused    - vmamba_kernels.ss2d_scan (Triton: reads the map in 4 orders, merged output),
   unfused  - materialized cross-scan (torch) + the same scan kernel per direction + torch merge,
   torch    - the torch path (the model's CPU path) on the GPU,
@@ -10,7 +10,7 @@ against the byte floor (forward: read x once, write y once; forward+backward add
 dy and writing dx), and checks the fused path against the float64 torch reference.
 
     python tools/kernel_dev/benchmark_scan.py [--batch 128] [--stages 1 2 3 4] [--skip-torch]
-        [--arch tiny|base] [--dtype bf16|fp16|fp32] [--skip-unfused] [--graphs]
+        [--arch tiny|small|base] [--dtype bf16|fp16|fp32] [--skip-unfused] [--graphs]
 """
 import argparse
 import json
@@ -25,9 +25,10 @@ from _kernels import import_kernels  # noqa: E402
 vk = import_kernels()
 from vmamba_kernels import ss2d_scan_unfused_triton  # noqa: E402
 
-# (H = W, d_inner, dt_rank) of the four stages at 224x224 (VMamba-S has VMamba-T's shapes)
+# (H = W, d_inner, dt_rank) of the four stages at 224x224 (the models' SS2D layers; a test checks)
 STAGES = {
     'tiny': {1: (56, 96, 6), 2: (28, 192, 12), 3: (14, 384, 24), 4: (7, 768, 48)},
+    'small': {1: (56, 192, 6), 2: (28, 384, 12), 3: (14, 768, 24), 4: (7, 1536, 48)},
     'base': {1: (56, 256, 8), 2: (28, 512, 16), 3: (14, 1024, 32), 4: (7, 2048, 64)},
 }
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
@@ -203,7 +204,7 @@ def main():
     parser.add_argument('--stages', type=int, nargs='+', default=[1, 2, 3, 4])
     parser.add_argument('--d-state', type=int, default=1)
     parser.add_argument('--arch', default='tiny', choices=sorted(STAGES),
-                        help='whose stage shapes (tiny; small has the same)')
+                        help="whose stage shapes (map size, SSM channels, dt rank)")
     parser.add_argument('--dtype', default='bf16', choices=sorted(DTYPES),
                         help='of the map, dt_low, Bs, Cs (fp32: float32 inference)')
     parser.add_argument('--skip-unfused', action='store_true',
