@@ -1,0 +1,93 @@
+"""VMamba's stem (conv 3x3 s2 -> LayerNorm2d -> GELU -> conv 3x3 s2 -> LayerNorm2d; the largest
+maps of the network: 48 x 112 x 112 per image for VMamba-T) in NCHW, as the model runs it, and
+channels-last (image, weights and every map; the output turned back to NCHW for stage 1, or
+kept), eager and under torch.compile, fp16 autocast. Prints median ms of the forward and of
+forward + backward per variant and each variant's largest difference from the NCHW eager one.
+
+    python tools/kernel_dev/experiments/stem_layouts.py [--batch 128] [--dim 96]
+"""
+import argparse
+import copy
+import time
+
+import torch
+
+from mmvmamba.models.embed import conv_stem
+from mmvmamba.models.utils.compile import compile_model
+
+CL = torch.channels_last
+
+
+def median_ms(fn, reps, device):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[reps // 2]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--dim', type=int, default=96)
+    parser.add_argument('--size', type=int, default=224)
+    parser.add_argument('--reps', type=int, default=20)
+    parser.add_argument('--device', default='cuda')
+    parser.add_argument('--no-compile', action='store_true')
+    args = parser.parse_args()
+    dev = args.device
+    torch.manual_seed(0)
+    print(torch.cuda.get_device_name() if dev == 'cuda' else dev, torch.__version__)
+    stem = conv_stem(3, args.dim).to(dev)
+    stem_cl = copy.deepcopy(stem).to(memory_format=CL)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=dev)
+    x_cl = x.contiguous(memory_format=CL)
+    out_side = args.size // 4
+    grad = torch.randn(args.batch, args.dim, out_side, out_side, device=dev)
+
+    variants = {
+        'nchw': (stem, lambda m: m(x)),
+        'channels_last, NCHW out': (stem_cl, lambda m: m(x_cl).contiguous()),
+        'channels_last kept': (stem_cl, lambda m: m(x_cl)),
+    }
+    ref = None
+    for compiled in ([False] if args.no_compile else [False, True]):
+        for name, (module, call) in variants.items():
+            run = compile_model(copy.deepcopy(module)) if compiled else module
+            params = list(run.parameters())
+
+            def forward():
+                with torch.autocast(dev, torch.float16):
+                    return call(run)
+
+            def step():
+                for p in params:
+                    p.grad = None
+                forward().float().backward(grad)
+
+            step()
+            out = forward().float()
+            grads = [p.grad.float().clone() for p in params]
+            if ref is None:
+                ref = (out, grads)
+            diff = max([(out - ref[0]).abs().max().item()] + [
+                ((g - r).abs().max() / r.abs().max().clamp_min(1e-6)).item()
+                for g, r in zip(grads, ref[1])])
+            layout = 'NCHW' if out.is_contiguous() else 'channels-last'
+            with torch.no_grad():
+                fwd = median_ms(forward, args.reps, dev)
+            both = median_ms(step, args.reps, dev)
+            print(f'{"compiled" if compiled else "eager"} {name}: forward {fwd:.3f} ms, '
+                  f'forward + backward {both:.3f} ms (output {layout}; largest difference from '
+                  f'NCHW eager {diff:.1e})')
+
+
+if __name__ == '__main__':
+    main()
