@@ -1,10 +1,12 @@
 """VMamba's stem (conv 3x3 s2 -> LayerNorm2d -> GELU -> conv 3x3 s2 -> LayerNorm2d; the largest
 maps of the network: 48 x 112 x 112 per image for VMamba-T) in NCHW, as the model runs it, and
 channels-last (image, weights and every map; the output turned back to NCHW for stage 1, or
-kept), eager and under torch.compile, fp16 autocast. Prints median ms of the forward and of
+kept), eager and under torch.compile, fp16 autocast (``--amp none``: float32). Prints median ms of the forward and of
 forward + backward per variant and each variant's largest difference from the NCHW eager one.
 
     python tools/kernel_dev/experiments/stem_layouts.py [--batch 128] [--dim 96]
+    python tools/kernel_dev/experiments/stem_layouts.py --device cpu --batch 1 --amp none \
+        --no-compile
 """
 import argparse
 import copy
@@ -41,6 +43,8 @@ def main():
     parser.add_argument('--reps', type=int, default=20)
     parser.add_argument('--device', default='cuda')
     parser.add_argument('--no-compile', action='store_true')
+    parser.add_argument('--amp', default='fp16', choices=['fp16', 'none'],
+                        help='none: float32 (as CPU inference runs)')
     args = parser.parse_args()
     dev = args.device
     torch.manual_seed(0)
@@ -64,7 +68,7 @@ def main():
             params = list(run.parameters())
 
             def forward():
-                with torch.autocast(dev, torch.float16):
+                with torch.autocast(dev, torch.float16, enabled=args.amp == 'fp16'):
                     return call(run)
 
             def step():
