@@ -664,3 +664,34 @@ def test_scan_benchmark_stage_shapes_are_the_models(arch):
         k, channels, rank = layer.blocks[0].op.dt_projs_weight.shape
         assert k == 4
         assert benchmark_scan.STAGES[arch][i + 1] == (56 >> i, channels, rank)
+
+
+def test_stem_runs_channels_last_and_stage_1_gets_the_layout_it_did():
+    """Off CUDA the stem gets the image channels-last (NHWC convolution kernels, norms over a
+    contiguous channel axis); stage 1 gets the map in the layout a stem fed channel-first gives,
+    and the outputs and gradients are that stem's (float64: equal to rounding)."""
+    model = VMamba(SMALL, out_indices=(0, 1, 2, 3), drop_path_rate=0.).double().train()
+    x = torch.randn(2, 3, 40, 36, dtype=torch.float64)
+    seen = []
+    channels_last = torch.channels_last
+    model.patch_embed[0].register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=channels_last)))
+    model.layers[0].blocks[0].register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].stride()))
+    outs = model(x)
+    sum(o.square().mean() for o in outs).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    assert seen[0] is True
+    stage_1_strides = seen[1]
+
+    model.zero_grad()
+    stem_forward = model.patch_embed.forward
+    model.patch_embed.forward = lambda t: stem_forward(t.contiguous())  # fed channel-first
+    seen.clear()
+    ref = model(x)
+    assert seen == [False, stage_1_strides]
+    sum(o.square().mean() for o in ref).backward()
+    for a, b in zip(outs, ref):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    for (name, p), g in zip(model.named_parameters(), grads):
+        assert torch.allclose(p.grad, g, rtol=1e-10, atol=1e-14), name
