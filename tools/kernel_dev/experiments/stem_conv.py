@@ -60,27 +60,24 @@ def conv2_variants(x, w, b):
     def cl_in_cl_out():  # the input already channels-last (as a channels-last norm would give)
         return F.conv2d(xc, w.contiguous(memory_format=CL), b, 2, 1)
 
-    return dict(nchw=nchw, cl_back=cl_back, cl_in_cl_out=cl_in_cl_out), xc
+    return dict(nchw=nchw, cl_back=cl_back, cl_in_cl_out=cl_in_cl_out)
 
 
-def time_ms(fn, grad, reps):
+def median_ms(fn, reps, device):
+    """Median wall-clock ms of ``fn()`` over ``reps`` runs after three warm-up runs (each run
+    synchronised on CUDA). Also used by ``stem_layouts.py``."""
     for _ in range(3):
-        fn().backward(grad)
-    if grad.device.type != 'cuda':  # (a dry run of the script's logic)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn().backward(grad)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return sorted(times)[reps // 2]
-    start = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    end = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for i in range(reps):
-        start[i].record()
-        fn().backward(grad)
-        end[i].record()
-    torch.cuda.synchronize()
-    return sorted(s.elapsed_time(e) for s, e in zip(start, end))[reps // 2]
+        fn()
+    times = []
+    for _ in range(reps):
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[reps // 2]
 
 
 def run(name, variants, params, grad, reps):
@@ -92,7 +89,7 @@ def run(name, variants, params, grad, reps):
             out = fn()
             out.backward(grad)
             grads = [p.grad.float().clone() for p in params]
-            ms = time_ms(fn, grad, reps)
+            ms = median_ms(lambda: fn().backward(grad), reps, grad.device.type)
         if ref is None:
             ref = (out.float(), grads)
         err = max([(out.float() - ref[0]).abs().max().item()] +
@@ -125,8 +122,7 @@ def main():
     w2 = (torch.randn(args.dim, half, 3, 3, device=dev) * 0.05).requires_grad_(True)
     b2 = torch.zeros(args.dim, device=dev, requires_grad=True)
     g2 = torch.randn(args.batch, args.dim, 56, 56, device=dev, dtype=torch.float16)
-    variants, xc = conv2_variants(x2, w2, b2)
-    run('conv2 %d->%d' % (half, args.dim), variants, [w2, b2], g2, args.reps)
+    run('conv2 %d->%d' % (half, args.dim), conv2_variants(x2, w2, b2), [w2, b2], g2, args.reps)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,9 @@
 """VMamba's stem (conv 3x3 s2 -> LayerNorm2d -> GELU -> conv 3x3 s2 -> LayerNorm2d; the largest
 maps of the network: 48 x 112 x 112 per image for VMamba-T) in NCHW, as the model runs it, and
 channels-last (image, weights and every map; the output turned back to NCHW for stage 1, or
-kept), eager and under torch.compile, fp16 autocast (``--amp none``: float32). Prints median ms of the forward and of
-forward + backward per variant and each variant's largest difference from the NCHW eager one.
+kept), eager and under torch.compile, fp16 autocast (``--amp none``: float32). Prints median ms
+of the forward and of forward + backward per variant and each variant's largest difference from
+the NCHW eager one.
 
     python tools/kernel_dev/experiments/stem_layouts.py [--batch 128] [--dim 96]
     python tools/kernel_dev/experiments/stem_layouts.py --device cpu --batch 1 --amp none \
@@ -10,29 +11,14 @@ forward + backward per variant and each variant's largest difference from the NC
 """
 import argparse
 import copy
-import time
 
 import torch
 
 from mmvmamba.models.embed import conv_stem
 from mmvmamba.models.utils.compile import compile_model
+from stem_conv import median_ms
 
 CL = torch.channels_last
-
-
-def median_ms(fn, reps, device):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[reps // 2]
 
 
 def main():
