@@ -667,7 +667,7 @@ def test_scan_benchmark_stage_shapes_are_the_models(arch):
 
 
 def test_stem_runs_channels_last_and_stage_1_gets_the_layout_it_did():
-    """Off CUDA the stem gets the image channels-last (NHWC convolution kernels, norms over a
+    """The stem gets the image channels-last (NHWC convolution kernels, norms over a
     contiguous channel axis); stage 1 gets the map in the layout a stem fed channel-first gives,
     and the outputs and gradients are that stem's (float64: equal to rounding)."""
     model = VMamba(SMALL, out_indices=(0, 1, 2, 3), drop_path_rate=0.).double().train()
