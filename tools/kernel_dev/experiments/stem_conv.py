@@ -1,8 +1,8 @@
 """The stem's two convolutions (VMamba-T: 3 -> 48 at 224 -> 112, 48 -> 96 at 112 -> 56), forward
-+ backward under fp16 autocast, in the layouts cuDNN could be handed: the NCHW tensors the model
-passes today, channels-last ones (converted on the way in and back out, or kept), the image
-padded to 4 or 8 channels, and the first convolution as unfold + GEMM. Prints median ms per
-variant; checks each variant's output and gradients against the NCHW one.
++ backward under fp16 autocast, in the layouts cuDNN could be handed: NCHW tensors (as the model
+passed them before commit 16016b9), channels-last ones (converted on the way in and back out, or
+kept), the image padded to 4 or 8 channels, and the first convolution as unfold + GEMM. Prints
+median ms per variant; checks each variant's output and gradients against the NCHW one.
 
     python tools/kernel_dev/experiments/stem_conv.py [--batch 128] [--dim 96]
 """
@@ -80,6 +80,19 @@ def median_ms(fn, reps, device):
     return sorted(times)[reps // 2]
 
 
+def difference(out, grads, ref):
+    """Largest difference of ``out`` (absolute) and of ``grads`` (relative to each reference
+    gradient's largest entry) from ``ref`` = (output, gradients), all float32. Also used by
+    ``stem_layouts.py``."""
+    return max([(out - ref[0]).abs().max().item()] +
+               [(g - r).abs().max().item() / max(r.abs().max().item(), 1e-6)
+                for g, r in zip(grads, ref[1])])
+
+
+def layout_name(t):
+    return 'NCHW' if t.is_contiguous() else 'channels-last'
+
+
 def run(name, variants, params, grad, reps):
     ref = None
     for key, fn in variants.items():
@@ -92,12 +105,9 @@ def run(name, variants, params, grad, reps):
             ms = median_ms(lambda: fn().backward(grad), reps, grad.device.type)
         if ref is None:
             ref = (out.float(), grads)
-        err = max([(out.float() - ref[0]).abs().max().item()] +
-                  [(g - r).abs().max().item() / max(r.abs().max().item(), 1e-6)
-                   for g, r in zip(grads, ref[1])])
-        layout = 'NCHW' if out.is_contiguous() else 'channels-last'
+        err = difference(out.float(), grads, ref)
         print(f'{name} {key}: {ms:.3f} ms forward + backward (max difference from nchw '
-              f'{err:.1e}, output {layout})')
+              f'{err:.1e}, output {layout_name(out)})')
 
 
 def main():

@@ -1,9 +1,9 @@
 """VMamba's stem (conv 3x3 s2 -> LayerNorm2d -> GELU -> conv 3x3 s2 -> LayerNorm2d; the largest
-maps of the network: 48 x 112 x 112 per image for VMamba-T) in NCHW, as the model runs it, and
-channels-last (image, weights and every map; the output turned back to NCHW for stage 1, or
-kept), eager and under torch.compile, fp16 autocast (``--amp none``: float32). Prints median ms
-of the forward and of forward + backward per variant and each variant's largest difference from
-the NCHW eager one.
+maps of the network: 48 x 112 x 112 per image for VMamba-T) in NCHW, as the model ran it before
+commit 16016b9, and channels-last, as it runs it since (image, weights and every map; the output
+turned back to NCHW for stage 1, or kept), eager and under torch.compile, fp16 autocast
+(``--amp none``: float32). Prints median ms of the forward and of forward + backward per variant
+and each variant's largest difference from the NCHW eager one.
 
     python tools/kernel_dev/experiments/stem_layouts.py [--batch 128] [--dim 96]
     python tools/kernel_dev/experiments/stem_layouts.py --device cpu --batch 1 --amp none \
@@ -16,7 +16,7 @@ import torch
 
 from mmvmamba.models.embed import conv_stem
 from mmvmamba.models.utils.compile import compile_model
-from stem_conv import median_ms
+from stem_conv import difference, layout_name, median_ms
 
 CL = torch.channels_last
 
@@ -67,16 +67,13 @@ def main():
             grads = [p.grad.float().clone() for p in params]
             if ref is None:
                 ref = (out, grads)
-            diff = max([(out - ref[0]).abs().max().item()] + [
-                ((g - r).abs().max() / r.abs().max().clamp_min(1e-6)).item()
-                for g, r in zip(grads, ref[1])])
-            layout = 'NCHW' if out.is_contiguous() else 'channels-last'
+            diff = difference(out, grads, ref)
             with torch.no_grad():
                 fwd = median_ms(forward, args.reps, dev)
             both = median_ms(step, args.reps, dev)
             print(f'{"compiled" if compiled else "eager"} {name}: forward {fwd:.3f} ms, '
-                  f'forward + backward {both:.3f} ms (output {layout}; largest difference from '
-                  f'NCHW eager {diff:.1e})')
+                  f'forward + backward {both:.3f} ms (output {layout_name(out)}; largest '
+                  f'difference from NCHW eager {diff:.1e})')
 
 
 if __name__ == '__main__':
