@@ -23,7 +23,10 @@ from typing import Optional
 
 import torch
 
-__all__ = ['cpu_kernel_available', 'ss2d_scan_cpu', 'MAX_STATE', 'CPU_KERNEL_ENV']
+from .compile_ops import opaque_under_compile
+
+__all__ = ['cpu_kernel_available', 'ss2d_scan_cpu', 'ss2d_scan_cpu_compiled', 'MAX_STATE',
+           'CPU_KERNEL_ENV']
 
 SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'cpu', 'ss2d_scan.c')
 CPU_KERNEL_ENV = 'VMAMBA_CPU_KERNEL'
@@ -146,3 +149,19 @@ def ss2d_scan_cpu(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor
         for job in jobs:
             job.result()
     return y.permute(0, 3, 1, 2)
+
+
+def _compiled_output(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D):
+    """An empty output of :func:`ss2d_scan_cpu` (float32, stored channels-last), for tracing."""
+    batch, channels, height, width = x.shape
+    return x.new_empty((batch, height, width, channels), dtype=torch.float32).permute(0, 3, 1, 2)
+
+
+@opaque_under_compile('ss2d_scan_cpu', _compiled_output)
+def ss2d_scan_cpu_compiled(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
+                           dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor,
+                           Cs: torch.Tensor, D: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`ss2d_scan_cpu` as one opaque operator of a ``torch.compile`` graph (positional
+    arguments, D may be None): compiled CPU inference calls the C scan instead of tracing the
+    torch scan's step loop into the graph."""
+    return ss2d_scan_cpu(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)

@@ -87,11 +87,19 @@ def check_out_dtype(out_dtype, x):
                          f'got {out_dtype!r}')
 
 
-def _traced():
-    """Inside torch.compile, torch.jit tracing or an ONNX export: only torch ops may run."""
-    compiler = torch.compiler
-    return (compiler.is_compiling() or getattr(compiler, 'is_exporting', lambda: False)()
-            or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+def _exported():
+    """Inside torch.export, torch.jit tracing or an ONNX export: only torch ops may run (the
+    graph must stand without this package's operators)."""
+    return (getattr(torch.compiler, 'is_exporting', lambda: False)() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export())
+
+
+@torch.compiler.assume_constant_result
+def _cpu_kernel_available_when_compiling() -> bool:
+    """:func:`cpu_kernel_available`, which builds or loads the C scan, asked once while
+    torch.compile traces: its answer is a constant of the graph, not code to trace."""
+    from .cpu_scan import cpu_kernel_available
+    return cpu_kernel_available()
 
 
 def ss2d_scan_torch(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
@@ -100,11 +108,13 @@ def ss2d_scan_torch(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
                     chunk_size: Optional[int] = None) -> torch.Tensor:
     """The non-Triton path of :func:`ss2d_scan`. Without gradients to track (inference), float32
     or half inputs on the CPU run the compiled C scan (:mod:`vmamba_kernels.cpu_scan`) where it
-    is available; otherwise, and when traced or compiled, the scan is solved along the map's
+    is available (under ``torch.compile`` as one opaque operator); otherwise, and when traced
+    or exported (torch.jit, torch.export, ONNX), the scan is solved along the map's
     rows and columns in torch (:func:`vmamba_kernels.ss2d_grid.ss2d_scan_grid`: about
     2 * sqrt(H * W) vectorised steps). With gradients, or a forced ``chunk_size``, it runs the
     differentiable chunked closed form (:func:`vmamba_kernels.reference.ss2d_scan_chunked`)."""
-    from .cpu_scan import MAX_STATE, cpu_kernel_available, ss2d_scan_cpu
+    from .cpu_scan import (MAX_STATE, cpu_kernel_available, ss2d_scan_cpu,
+                           ss2d_scan_cpu_compiled)
     from .reference import ss2d_scan_chunked
     from .ss2d_grid import ss2d_scan_grid
     inputs = (x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
@@ -113,8 +123,12 @@ def ss2d_scan_torch(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
         return ss2d_scan_chunked(*inputs, chunk_size=chunk_size)
     check_ss2d_inputs(*inputs)
     if (x.device.type == 'cpu' and x.dtype != torch.float64 and A.shape[1] <= MAX_STATE
-            and not _traced() and cpu_kernel_available()):
-        return ss2d_scan_cpu(*inputs)
+            and not _exported()):
+        if torch.compiler.is_compiling():
+            if _cpu_kernel_available_when_compiling():
+                return ss2d_scan_cpu_compiled(*inputs)
+        elif cpu_kernel_available():
+            return ss2d_scan_cpu(*inputs)
     return ss2d_scan_grid(*inputs)
 
 

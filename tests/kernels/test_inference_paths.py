@@ -108,6 +108,63 @@ def test_dispatch_inference_gradients_and_tracing(monkeypatch):
     assert calls == ['c']
 
 
+def _graph_ops(fn, *args, **kwargs):
+    """``fn`` compiled whole (no graph break allowed) by a backend that records the operators
+    of the graph dynamo hands it and runs that graph as is; returns them and the result."""
+    seen = []
+
+    def recording(gm, example_inputs):
+        seen.extend(node.target for node in gm.graph.nodes if node.op == 'call_function')
+        return gm.forward
+
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend=recording, fullgraph=True)(*args, **kwargs)
+    return seen, out
+
+
+def scan_then_tanh(**kw):
+    return torch.tanh(vk.ss2d_scan(**kw, backend='torch'))
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 3, 7, 3, 1), (1, 70, 6, 5, 2, 4)])
+def test_compiled_inference_calls_the_c_scan_as_one_operator(shape):
+    # under torch.compile without gradients the C scan is one opaque operator of the graph (the
+    # torch scan's step loop is not traced in), and the result is the eager C scan's; inductor
+    # (what users get) for one shape, the recorded graph run as is for both
+    inputs = make_inputs(*shape, seed=5)
+    ref = naive_ss2d(**{k: v.double() for k, v in inputs.items()})
+    with torch.no_grad():
+        eager = scan_then_tanh(**inputs)
+        ops, out = _graph_ops(scan_then_tanh, **inputs)
+        assert torch.ops.vmamba_kernels.ss2d_scan_cpu.default in ops, ops
+        assert len(ops) < 10, ops  # the scan, tanh and little else: no unrolled step loop
+        assert rel_err(out, eager) < 1e-6 and rel_err(out, torch.tanh(ref)) < 2e-6
+        if shape[-1] == 1:
+            torch._dynamo.reset()
+            out = torch.compile(scan_then_tanh, backend='inductor', fullgraph=True)(**inputs)
+            assert rel_err(out, eager) < 1e-6
+
+
+def test_exports_and_gradients_keep_torch_ops_under_compile():
+    # torch.export (what the ONNX exporter traces) must not hold this package's operators: the
+    # torch scan along rows and columns; with gradients, the differentiable path
+    inputs = make_inputs(1, 6, 4, 5, 2, 1, seed=3)
+
+    class Scan(torch.nn.Module):
+        def forward(self, x):
+            rest = {k: v for k, v in inputs.items() if k != 'x'}
+            return vk.ss2d_scan(x, **rest, backend='torch')
+
+    with torch.no_grad():
+        exported = torch.export.export(Scan(), (inputs['x'], ))
+    targets = [str(n.target) for n in exported.graph.nodes if n.op == 'call_function']
+    assert not any('vmamba_kernels' in t for t in targets), targets
+    assert rel_err(exported.module()(inputs['x']), ss2d_scan_grid(**inputs)) < 1e-6
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    ops, out = _graph_ops(scan_then_tanh, **leaves)
+    assert torch.ops.vmamba_kernels.ss2d_scan_cpu.default not in ops and out.requires_grad
+
+
 def test_unavailable_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
     inputs = make_inputs(1, 6, 3, 4, 2, 1, seed=1)
     monkeypatch.setenv('CC', str(tmp_path / 'no-such-compiler'))
