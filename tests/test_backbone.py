@@ -709,3 +709,44 @@ def test_stem_runs_channels_last_and_stage_1_gets_the_layout_it_did():
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
     for (name, p), g in zip(model.named_parameters(), grads):
         assert torch.allclose(p.grad, g, rtol=1e-10, atol=1e-14), name
+
+
+@pytest.mark.parametrize('arch', [dict(dims=16, depths=(1, 1, 1, 1)),
+                                  dict(dims=16, depths=(1, 1), stem='patchify')])
+def test_dense_convolution_weights_are_channels_last_on_the_cpu_only(arch):
+    # on the CPU the stem's and downsampling layers' convolutions get channels-last maps, and
+    # oneDNN converted a channel-first weight at every call; moving the model decides again
+    torch.manual_seed(0)
+    model = VMamba(arch, out_indices=(0, 1), drop_path_rate=0.0)
+    convs = {n: m for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Conv2d) and m.groups == 1}
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last)
+                         and not m.weight.is_contiguous() for m in convs.values())
+    # the same model with channel-first weights: same outputs and gradients
+    plain = VMamba(arch, out_indices=(0, 1), drop_path_rate=0.0)
+    plain.load_state_dict(model.state_dict())
+    for m in plain.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.weight.data = m.weight.data.contiguous()
+    x = torch.randn(2, 3, 36, 28)
+    results = []
+    for net in (model, plain):
+        outs = net(x)
+        sum(o.square().mean() for o in outs).backward()
+        results.append((outs, {n: p.grad for n, p in net.named_parameters()}))
+    (outs, grads), (ref_outs, ref_grads) = results
+    for a, b in zip(outs, ref_outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    # state dicts trade both ways; a checkpoint's channel-first tensor keeps the layout
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    model.load_state_dict(plain.state_dict())
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in convs.values())
+    # another device (meta here; CUDA alike) gets channel-first weights, the CPU again not
+    model.to('meta')
+    assert all(m.weight.is_contiguous() for m in convs.values())
+    model.to_empty(device='cpu')
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               and not m.weight.is_contiguous() for m in convs.values())

@@ -111,17 +111,18 @@ def test_benchmark_norm_compiled_loss_keeps_fp16_gradients_above_underflow():
     assert all(error < 2e-3 for _, _, _, error in rows), rows
 
 
-def test_cpu_compiled_inference_compares_both_launches_of_one_model():
-    # the experiment behind the compiled CPU inference figures: both models from the config,
-    # one set of weights (their outputs agree), a time per round for each
+@pytest.mark.parametrize('variant', ['compiled', 'channel-first-weights'])
+def test_cpu_inference_ab_times_both_forms_of_one_model(variant):
+    # the experiment behind the CPU inference A/B figures: both forms from the config, one set
+    # of weights (their outputs agree), a time per round for each
     import re
     import subprocess
-    tool = osp.join(KERNEL_DEV, 'experiments', 'cpu_compiled_inference.py')
+    tool = osp.join(KERNEL_DEV, 'experiments', 'cpu_inference_ab.py')
     config = osp.join(ROOT, 'configs', 'vmamba', 'vmamba-nano_1xb32_digits.py')
-    out = subprocess.run([sys.executable, tool, config, '--batch', '2', '--rounds', '2',
-                          '--repeats', '1', '--size', '32'], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run([sys.executable, tool, config, '--variant', variant, '--batch', '2',
+                          '--rounds', '2', '--repeats', '1', '--size', '32'],
+                         capture_output=True, text=True, check=True).stdout
     assert float(re.search(r'largest output difference ([0-9.e+-]+)', out).group(1)) < 1e-4
-    for name in ('eager', 'compiled'):
+    for name in ('eager', variant):
         times = re.search(rf'{name} +ms per batch, by round: ([0-9. ]+) \(median', out).group(1)
         assert len(times.split()) == 2 and all(float(t) > 0 for t in times.split()), out

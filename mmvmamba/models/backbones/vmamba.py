@@ -173,6 +173,7 @@ class VMamba(BaseModule):
                 m.backend = scan_backend
                 m.memory_efficient = memory_efficient_norm and m.feeds_linear
         self._freeze_stages()
+        self._set_conv_weight_layout()
 
     def _arch_config(self, arch):
         if isinstance(arch, str):
@@ -226,6 +227,28 @@ class VMamba(BaseModule):
             module.eval()
             for p in module.parameters():
                 p.requires_grad = False
+
+    def _set_conv_weight_layout(self):
+        """The dense convolutions' weights (stem, downsampling) channels-last on the CPU,
+        channel-first elsewhere. On the CPU those convolutions get channels-last maps, and
+        oneDNN converted a channel-first weight at every call: VMamba-T's last downsampling
+        weight (768 x 384 x 3 x 3) cost 3.5 ms of a 150 ms forward on one core; at batch 1 on
+        2 threads the forward went 127 -> 118 ms (docs/notes/2026-12-07.md). The GPU keeps the
+        channel-first weights its measurements were made with. Shapes, values and state-dict
+        keys are unchanged."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.groups == 1:
+                fmt = (torch.channels_last if m.weight.device.type == 'cpu' else
+                       torch.contiguous_format)
+                if not m.weight.is_contiguous(memory_format=fmt):
+                    m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+
+    def _apply(self, fn, recurse=True):
+        # moving or casting the model (.to, .cuda, .cpu, .half, ...) decides the layout of its
+        # convolution weights again, for the device they are on now
+        super()._apply(fn, recurse)
+        self._set_conv_weight_layout()
+        return self
 
     def train(self, mode: bool = True) -> 'VMamba':
         super().train(mode)
