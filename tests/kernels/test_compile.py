@@ -20,6 +20,20 @@ def reference(**kw):
     return torch.tanh(naive_ss2d(**kw)) * 1.5
 
 
+def graph_targets(fn, *args, **kwargs):
+    """``fn`` compiled whole (no graph break allowed) by a backend that records the operators
+    of the graph dynamo hands it and runs that graph as is: the operators' names and the
+    result."""
+    torch._dynamo.reset()
+    targets = []
+
+    def capture(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == 'call_function')
+        return gm.forward
+
+    return targets, torch.compile(fn, backend=capture, fullgraph=True)(*args, **kwargs)
+
+
 # (batch, channels, H, W, rank, d_state): d_state 1 with strided column walks (small map), with
 # the transposed column directions (>= 512 positions) and with the dt projection done first
 # (rank >= 16), and the general kernels (d_state 4). inductor (what users get) costs ~20 s of C++
@@ -114,22 +128,15 @@ def test_layer_norm_is_left_to_inductor_under_compile():
     # as an opaque Triton call it cost VMamba-T compiled fp16 inference 2x on the H200), with
     # the output dtype the Triton path writes; eager calls still run the Triton kernel
     from vmamba_kernels import layer_norm_2d
-    torch._dynamo.reset()
     x = torch.randn(2, 7, 5, 6) * 2 + 1
     weight, bias = torch.randn(7) * 0.5 + 1, torch.randn(7) * 0.1
-    graphs = []
-
-    def capture(gm, inputs):
-        graphs.append(gm)
-        return gm.forward
 
     def norm(x, weight, bias):
         return layer_norm_2d(x, weight, bias, 1e-5, backend='triton',
                              out_dtype=torch.bfloat16, channels_last_out=True)
 
     eager = norm(x, weight, bias)
-    compiled = torch.compile(norm, backend=capture, fullgraph=True)(x, weight, bias)
-    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == 'call_function']
+    targets, compiled = graph_targets(norm, x, weight, bias)
     assert targets and not any('vmamba_kernels' in t for t in targets), targets
     assert compiled.dtype == eager.dtype == torch.bfloat16
     reference = F.layer_norm(x.double().permute(0, 2, 3, 1), (7, ), weight.double(),
@@ -149,19 +156,11 @@ def test_compiled_norm_variable_picks_which_norms_stay_triton(mode, opaque, monk
     for x, expect_opaque in zip((torch.randn(2, 7, 5, 6),
                                  torch.randn(2, 7, 5, 6).contiguous(
                                      memory_format=torch.channels_last)), opaque):
-        torch._dynamo.reset()
-        graphs = []
-
-        def capture(gm, inputs):
-            graphs.append(gm)
-            return gm.forward
 
         def norm(x):
             return layer_norm_2d(x, weight, bias, 1e-5, backend='triton')
 
-        compiled = torch.compile(norm, backend=capture, fullgraph=True)(x)
-        targets = [str(n.target) for g in graphs for n in g.graph.nodes
-                   if n.op == 'call_function']
+        targets, compiled = graph_targets(norm, x)
         assert any('vmamba_kernels' in t for t in targets) == expect_opaque, targets
         assert torch.allclose(compiled, norm(x), atol=1e-5)
     monkeypatch.setenv('VMAMBA_COMPILED_NORM', 'fast')

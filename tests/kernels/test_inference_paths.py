@@ -12,6 +12,7 @@ from vmamba_kernels import cpu_scan
 from vmamba_kernels.ss2d_grid import scan_lines, ss2d_scan_grid
 
 from .naive import naive_ss2d
+from .test_compile import graph_targets
 from .test_ss2d_scan import make_inputs, rel_err
 
 # (batch, channels, H, W, rank, d_state): square and oblong maps, single rows / columns, channel
@@ -108,20 +109,6 @@ def test_dispatch_inference_gradients_and_tracing(monkeypatch):
     assert calls == ['c']
 
 
-def _graph_ops(fn, *args, **kwargs):
-    """``fn`` compiled whole (no graph break allowed) by a backend that records the operators
-    of the graph dynamo hands it and runs that graph as is; returns them and the result."""
-    seen = []
-
-    def recording(gm, example_inputs):
-        seen.extend(node.target for node in gm.graph.nodes if node.op == 'call_function')
-        return gm.forward
-
-    torch._dynamo.reset()
-    out = torch.compile(fn, backend=recording, fullgraph=True)(*args, **kwargs)
-    return seen, out
-
-
 def scan_then_tanh(**kw):
     return torch.tanh(vk.ss2d_scan(**kw, backend='torch'))
 
@@ -135,8 +122,8 @@ def test_compiled_inference_calls_the_c_scan_as_one_operator(shape):
     ref = naive_ss2d(**{k: v.double() for k, v in inputs.items()})
     with torch.no_grad():
         eager = scan_then_tanh(**inputs)
-        ops, out = _graph_ops(scan_then_tanh, **inputs)
-        assert torch.ops.vmamba_kernels.ss2d_scan_cpu.default in ops, ops
+        ops, out = graph_targets(scan_then_tanh, **inputs)
+        assert str(torch.ops.vmamba_kernels.ss2d_scan_cpu.default) in ops, ops
         assert len(ops) < 10, ops  # the scan, tanh and little else: no unrolled step loop
         assert rel_err(out, eager) < 1e-6 and rel_err(out, torch.tanh(ref)) < 2e-6
         if shape[-1] == 1:
@@ -161,8 +148,8 @@ def test_exports_and_gradients_keep_torch_ops_under_compile():
     assert not any('vmamba_kernels' in t for t in targets), targets
     assert rel_err(exported.module()(inputs['x']), ss2d_scan_grid(**inputs)) < 1e-6
     leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
-    ops, out = _graph_ops(scan_then_tanh, **leaves)
-    assert torch.ops.vmamba_kernels.ss2d_scan_cpu.default not in ops and out.requires_grad
+    ops, out = graph_targets(scan_then_tanh, **leaves)
+    assert str(torch.ops.vmamba_kernels.ss2d_scan_cpu.default) not in ops and out.requires_grad
 
 
 def test_unavailable_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
