@@ -369,7 +369,8 @@ def _segment_entries_kernel(sum_ptr, out_ptr, ROWS, CH, NSEG, SUM_STRIDE, MERGED
 
 def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_block_c=None,
                      bwd_num_warps=None, segments=None, bwd_segments=None, maxnreg=None,
-                     bwd_maxnreg=None, bwd_atomic_sums=None, bwd_sum_rows=None):
+                     bwd_maxnreg=None, bwd_atomic_sums=None, bwd_sum_rows=None,
+                     fp16_sums=None):
     """(forward, backward) tiles: BLOCK_C channels x BLOCK_L steps (powers of two), warps, and
     the number of segments each direction's walk is split into (1: one program walks it all).
     ``maxnreg`` / ``bwd_maxnreg``: a cap on the registers per thread of the launch's kernel
@@ -384,7 +385,11 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     and direction the channel blocks add into with atomics (block i into row i % rows; the rows
     are summed after), fewer blocks adding into the same addresses; given, it asks for atomic
     sums (as ``bwd_atomic_sums=True``); None: :func:`default_sum_rows` where the sums are
-    atomic.
+    atomic. ``fp16_sums``: on a float16 map the running sums of the four directions (y in the
+    forward, dx in the backward) are float16 maps, each direction adding its float32 part to the
+    float16 sum of the earlier ones (as the authors' merge adds the directions' float16
+    outputs), which halves the bytes of those read-modify-writes; else (and for other dtypes)
+    float32, rounded once at the end. None: :data:`FP16_SUMS`.
 
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
@@ -408,8 +413,10 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
         if value is not None and (not isinstance(value, int) or not 24 <= value <= 255):
             raise ValueError(f'{name} must be an integer from 24 to 255 (registers per thread) '
                              f'or None, got {value!r}')
-    if bwd_atomic_sums not in (None, True, False, 0, 1):
-        raise ValueError(f'bwd_atomic_sums must be True, False or None, got {bwd_atomic_sums!r}')
+    for name, value in (('bwd_atomic_sums', bwd_atomic_sums), ('fp16_sums', fp16_sums)):
+        if value not in (None, True, False, 0, 1):
+            raise ValueError(f'{name} must be True, False or None, got {value!r}')
+    fp16 = FP16_SUMS if fp16_sums is None else bool(fp16_sums)
     if bwd_sum_rows is not None:
         if bwd_atomic_sums is not None and not bwd_atomic_sums:
             raise ValueError(f'bwd_sum_rows ({bwd_sum_rows}) are rows that atomics add into: it '
@@ -417,10 +424,14 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
         bwd_atomic_sums = True
     atomic = default_atomic_sums() if bwd_atomic_sums is None else bool(bwd_atomic_sums)
     return (dict(BLOCK_C=bc, BLOCK_L=bl, num_warps=nw, segments=segments or 1,
-                 maxnreg=maxnreg),
+                 maxnreg=maxnreg, fp16_sums=fp16),
             dict(BLOCK_C=bbc, BLOCK_L=bl, num_warps=bnw, segments=bwd_segments or 1,
                  maxnreg=bwd_maxnreg, atomic_sums=atomic,
-                 sum_rows=bwd_sum_rows or default_sum_rows(length)))
+                 sum_rows=bwd_sum_rows or default_sum_rows(length), fp16_sums=fp16))
+
+
+# whether float16 maps keep the directions' running sums in float16 by default (fp16_sums)
+FP16_SUMS = False
 
 
 # walks of SPREAD_SUM_ROWS_FROM_LENGTH steps up to (not including) SPREAD_SUM_ROWS_TO_LENGTH add
@@ -482,7 +493,7 @@ def _run_passes(launch, placeholder, summary_shape, merged, backward):
 
 def _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, merged,
                      cols_t, save, pre_given, block_c, block_l, num_warps, segments, maxnreg,
-                     out_x_dtype=False):
+                     out_x_dtype=False, fp16_sums=False):
     """Empty y (float32, or x's dtype with ``out_x_dtype`` on a merged launch) and float32
     states of the forward launch (also its fake implementation, so both decide y's dtype)."""
     batch, channels, length = x.shape[0], dt_weight.shape[1], dt_low.shape[-1]
@@ -498,10 +509,17 @@ def _transposed(t):
     return t.transpose(2, 3).contiguous()
 
 
-def _transposed_output(t):
-    """An empty float32 (batch, C, W, H) map for ``t`` (batch, C, H, W): what the column
+def _transposed_output(t, dtype):
+    """An empty (batch, C, W, H) map of ``dtype`` for ``t`` (batch, C, H, W): what the column
     directions of a ``cols_t`` launch write, added back into the row-major output."""
-    return t.new_empty((*t.shape[:2], t.shape[3], t.shape[2]), dtype=torch.float32)
+    return t.new_empty((*t.shape[:2], t.shape[3], t.shape[2]), dtype=dtype)
+
+
+def _sum_dtype(out, merged, fp16_sums):
+    """The dtype of the running sum over the directions that a launch writing ``out`` keeps:
+    float16 with ``fp16_sums`` where ``out`` (the merged y or dx) is float16, else float32."""
+    return torch.float16 if fp16_sums and merged and out.dtype == torch.float16 else \
+        torch.float32
 
 
 @opaque_under_compile('ss2d_n1_fwd', _forward_outputs)
@@ -510,7 +528,8 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
                     D: Optional[torch.Tensor], height: int, width: int, merged: bool,
                     cols_t: bool, save: bool, pre_given: bool, block_c: int, block_l: int,
                     num_warps: int, segments: int, maxnreg: Optional[int],
-                    out_x_dtype: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                    out_x_dtype: bool = False, fp16_sums: bool = False
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward launch: returns y and the chunk start states (a placeholder unless
     ``save``), float32; with ``out_x_dtype`` (merged only) y in x's dtype, the directions summed
     in float32 and rounded once. ``cols_t``: the column directions read a transposed copy of the
@@ -519,14 +538,16 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
     ``pre_given``: ``dt_low`` is the projected dt (:func:`_projected_dt`) instead.
     ``segments`` > 1: each walk is split into that many runs of chunks, one program each, after
     a pre-pass that finds the state entering each. ``maxnreg``: the kernel's register cap (None:
-    none)."""
+    none). ``fp16_sums``: with a float16 y the directions add into float16 maps (see
+    :func:`n1_launch_config`)."""
     channels, rank, length = dt_weight.shape[1], dt_weight.shape[2], dt_low.shape[-1]
     y, states = _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
                                  merged, cols_t, save, pre_given, block_c, block_l, num_warps,
                                  segments, maxnreg, out_x_dtype)
-    # the float32 map the directions add into (y itself where y is float32)
-    acc = y if y.dtype == torch.float32 else torch.empty_like(y, dtype=torch.float32)
-    xt, yt = (_transposed(x), _transposed_output(x)) if cols_t else (x, acc)
+    # the map the directions add into (y itself where it has the sums' dtype)
+    sum_dtype = _sum_dtype(y, merged, fp16_sums)
+    acc = y if y.dtype == sum_dtype else torch.empty_like(y, dtype=sum_dtype)
+    xt, yt = (_transposed(x), _transposed_output(x, sum_dtype)) if cols_t else (x, acc)
     n_chunks, per_segment, n_segments = _segment_layout(length, block_l, segments)
     grid = (triton.cdiv(channels, block_c), x.shape[0], n_segments)
 
@@ -555,7 +576,7 @@ def _sum_rows(channels, block_c, sum_rows):
 
 def _backward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width,
                       merged, cols_t, pre_given, block_c, block_l, num_warps, segments, maxnreg,
-                      sum_rows):
+                      sum_rows, fp16_sums=False):
     """Empty dx, dpre, dbias, dA, dB, dC, dD of the backward launch (also its fake
     implementation): dx in x's dtype, dpre in the dt projection's (:func:`_projection_dtype`),
     the rest float32. dB, dC: :func:`_sum_rows` rows per image and direction."""
@@ -574,7 +595,7 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
                      D: Optional[torch.Tensor], states: torch.Tensor, dy: torch.Tensor,
                      height: int, width: int, merged: bool, cols_t: bool, pre_given: bool,
                      block_c: int, block_l: int, num_warps: int, segments: int,
-                     maxnreg: Optional[int], sum_rows: int
+                     maxnreg: Optional[int], sum_rows: int, fp16_sums: bool = False
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward launch: returns dx in x's dtype (the directions summed in float32),
@@ -584,22 +605,23 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
     x and dy and write a transposed dx, added to the rows' here in the same pass as the cast.
     ``segments`` as in the forward launch (the carried gradient enters each segment);
     ``maxnreg`` likewise. ``sum_rows``: 0, dB and dC have a row per channel block;
-    n > 0, n rows that the channel blocks add into (block i into row i % n)."""
+    n > 0, n rows that the channel blocks add into (block i into row i % n). ``fp16_sums``:
+    with a float16 dx the directions add into float16 maps (see :func:`n1_launch_config`)."""
     batch, channels, rank = x.shape[0], dt_weight.shape[1], dt_weight.shape[2]
     length = dt_low.shape[-1]
     dx, dpre, dbias, dA, dB, dC, dD = _backward_outputs(
         x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states, dy, height, width, merged, cols_t,
-        pre_given, block_c, block_l, num_warps, segments, maxnreg, sum_rows)
+        pre_given, block_c, block_l, num_warps, segments, maxnreg, sum_rows, fp16_sums)
     atomic_sums = sum_rows > 0
     if atomic_sums:
         dB.zero_()
         dC.zero_()
-    # the float32 map the directions add into (dx itself where x is float32 or the directions
+    # the map the directions add into (dx itself where it has the sums' dtype or the directions
     # are not merged); the last one writes dx (merged, no transposed part) or add_transposed does
-    acc = dx if dx.dtype == torch.float32 or not merged else torch.empty_like(
-        dx, dtype=torch.float32)
+    sum_dtype = _sum_dtype(dx, merged, fp16_sums)
+    acc = dx if dx.dtype == sum_dtype or not merged else torch.empty_like(dx, dtype=sum_dtype)
     if cols_t:
-        xt, dyt, dxt = _transposed(x), _transposed(dy), _transposed_output(x)
+        xt, dyt, dxt = _transposed(x), _transposed(dy), _transposed_output(x, sum_dtype)
     else:
         xt, dyt, dxt = x, dy, acc
     n_cblocks = triton.cdiv(channels, block_c)
@@ -657,7 +679,7 @@ class SS2DScanN1Function(torch.autograd.Function):
             y, states = _launch_forward(
                 x, dt_src, dt_weight, dt_bias, A, bs, cs, D, height, width, merged, cols_t,
                 save, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
-                cfg['segments'], cfg['maxnreg'], out_x_dtype)
+                cfg['segments'], cfg['maxnreg'], out_x_dtype, cfg['fp16_sums'])
         del dt_src, bs, cs
         if save:
             # the transposed map is not kept: the backward launch transposes x again (cheaper
@@ -688,7 +710,8 @@ class SS2DScanN1Function(torch.autograd.Function):
         dx, dpre, dbias, dA, dB, dC, dD = _launch_backward(
             x, dt_src, dt_weight, dt_bias, A, bs, cs, D, states, dy, height, width,
             merged, cols_t, project_first, cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
-            cfg['segments'], cfg['maxnreg'], cfg['sum_rows'] if cfg['atomic_sums'] else 0)
+            cfg['segments'], cfg['maxnreg'], cfg['sum_rows'] if cfg['atomic_sums'] else 0,
+            cfg['fp16_sums'])
         del dt_src, bs, cs
         ddtl, dw = _projection_grads(dt_weight, dt_in_order, dpre)
         if dB.shape[2] > 1:

@@ -533,3 +533,47 @@ def test_output_in_the_maps_dtype(options):
     with pytest.raises(ValueError, match=r'out_dtype must be None, torch.float32 or x\'s dtype '
                                          r'\(torch.float16\), got torch.bfloat16'):
         vk.ss2d_scan(**inputs, backend=backend, out_dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize('transpose_columns,segments', [(False, 1), (True, 1), (True, 2)])
+def test_fp16_sums_of_the_directions(transpose_columns, segments):
+    # fp16_sums: on a float16 map the four directions add into float16 maps (y forward, dx
+    # backward), each sum rounded on the way as the authors' merge does: within float16's
+    # tolerance of float64, a few float16 roundings from the float32 sums, and really
+    # different from them; float32 and bfloat16 maps keep float32 sums (bitwise unchanged)
+    half = {'x', 'dt_low', 'Bs', 'Cs'}
+    grad_out = torch.randn(2, 6, 5, 8, dtype=torch.float64)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        inputs = make_inputs(2, 6, 5, 8, 2, 1, seed=5)
+        inputs = {k: v.to(dtype) if k in half else v for k, v in inputs.items()}
+        runs = {}
+        for sums in (False, True):
+            fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
+                **kw, out_dtype=dtype, block_l=16, transpose_columns=transpose_columns,
+                segments=segments, bwd_segments=segments, fp16_sums=sums)
+            runs[sums] = forward_and_grads(fn, inputs, grad_out)
+        (y32, g32), (y16, g16) = runs[False], runs[True]
+        if dtype != torch.float16:
+            assert torch.equal(y16, y32) and all(torch.equal(g16[k], g32[k]) for k in PARAMS)
+            continue
+        ref_in = {k: v.double() for k, v in inputs.items()}
+        y_ref, g_ref = forward_and_grads(naive_ss2d, ref_in, grad_out)
+        assert rel_err(y16, y_ref) <= 3e-3
+        for name in PARAMS:
+            assert g16[name].dtype == inputs[name].dtype
+            assert rel_err(g16[name], g_ref[name]) <= 1e-2, (name, rel_err(g16[name],
+                                                                            g_ref[name]))
+        # at most a few float16 roundings (2^-11 of the largest term) from the float32 sums
+        assert 0 < rel_err(y16, y32) <= 4 * 2.0**-11
+        assert 0 < rel_err(g16['x'], g32['x']) <= 4 * 2.0**-11
+
+
+def test_fp16_sums_default_and_bad_value(monkeypatch):
+    from vmamba_kernels import ss2d_n1
+    for passes in ss2d_n1.n1_launch_config(3136):
+        assert passes['fp16_sums'] is ss2d_n1.FP16_SUMS
+    monkeypatch.setattr(ss2d_n1, 'FP16_SUMS', not ss2d_n1.FP16_SUMS)
+    assert ss2d_n1.n1_launch_config(196)[1]['fp16_sums'] is ss2d_n1.FP16_SUMS
+    assert ss2d_n1.n1_launch_config(196, fp16_sums=0)[0]['fp16_sums'] is False
+    with pytest.raises(ValueError, match="fp16_sums must be True, False or None, got 'yes'"):
+        ss2d_n1.n1_launch_config(64, fp16_sums='yes')

@@ -11,6 +11,8 @@ dy and writing dx), and checks the fused path against the float64 torch referenc
 
     python tools/kernel_dev/benchmark_scan.py [--batch 128] [--stages 1 2 3 4] [--skip-torch]
         [--arch tiny|small|base] [--dtype bf16|fp16|fp32] [--skip-unfused] [--graphs]
+        [--out-map-dtype]
+    python tools/kernel_dev/benchmark_scan.py --sweep --configs fp16_sums=0 fp16_sums=1 [--check]
 """
 import argparse
 import json
@@ -57,13 +59,13 @@ def make_inputs(batch, size, channels, rank, d_state, dtype, device, seed):
         D=torch.ones(4 * channels, device=device))
 
 
-def fused(inp, backend='triton'):
-    return vk.ss2d_scan(**inp, backend=backend)
+def fused(inp, backend='triton', out_dtype=None):
+    return vk.ss2d_scan(**inp, backend=backend, out_dtype=out_dtype)
 
 
-def fused_with(config):
+def fused_with(config, out_dtype=None):
     from vmamba_kernels import ss2d_scan_triton
-    return lambda inp: ss2d_scan_triton(**inp, **config)
+    return lambda inp: ss2d_scan_triton(**inp, **config, out_dtype=out_dtype)
 
 
 def sweep(args, dev):
@@ -87,19 +89,29 @@ def sweep(args, dev):
             for flag in ('transpose_columns', 'whole_map'):
                 if flag in config:
                     config[flag] = bool(config[flag])
+            fn = fused_with(config, _out_dtype(args, inp))
             try:
-                fwd = bench(fused_with(config), inp, False, 3, args.graphs)
-                both = bench(fused_with(config), inp, True, 3, args.graphs)
+                errs = check(inp, args.check_batch, fn) if args.check else {}
+                fwd = bench(fn, inp, False, 3, args.graphs)
+                both = bench(fn, inp, True, 3, args.graphs)
             except Exception as err:  # e.g. out of shared memory / registers
                 print(f'stage {stage} {config}: failed ({type(err).__name__}: '
                       f'{str(err)[:800]})', flush=True)
                 continue
             results.append((both, fwd, config))
-            print(f'stage {stage} {config}: fwd {fwd:.3f} fwd+bwd {both:.3f}', flush=True)
+            checked = ''.join(f' {k} {v:.1e}' for k, v in errs.items())
+            print(f'stage {stage} {config}: fwd {fwd:.3f} fwd+bwd {both:.3f}'
+                  f'{" vs float64:" if errs else ""}{checked}', flush=True)
         both, fwd, config = min(results, key=lambda r: r[0])
         print(f'BEST stage {stage}: {config} fwd {fwd:.3f} ms fwd+bwd {both:.3f} ms', flush=True)
         del inp
         torch.cuda.empty_cache()
+
+
+def _out_dtype(args, inp):
+    """y's dtype asked of the kernels: the map's with ``--out-map-dtype`` (the model's call),
+    else None (float32)."""
+    return inp['x'].dtype if args.out_map_dtype else None
 
 
 def parse_config(text):
@@ -168,10 +180,11 @@ def rel_err(a, b):
     return ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-def check(inp, grad_batch):
-    """Fused Triton output (full batch) and all gradients (first grad_batch images) vs float64."""
+def check(inp, grad_batch, fn=fused):
+    """``fn``'s output (full batch) and all gradients (first grad_batch images) vs float64
+    (``fn``: the fused Triton path by default)."""
     with torch.no_grad():
-        y = fused(inp)
+        y = fn(inp)
         ref = vk.ss2d_scan_torch(**{k: v.double() for k, v in inp.items()})
     errs = {'y': rel_err(y, ref)}
     del ref
@@ -180,7 +193,7 @@ def check(inp, grad_batch):
     sub64 = {k: v.double().requires_grad_(True) for k, v in sub.items()}
     for v in sub.values():
         v.requires_grad_(True)
-    y = fused(sub)
+    y = fn(sub)
     grad = torch.randn_like(y)
     y.backward(grad)
     vk.ss2d_scan_torch(**sub64).backward(grad.double())
@@ -217,6 +230,11 @@ def main():
     parser.add_argument('--check-batch', type=int, default=16,
                         help='images in the float64 gradient check (forward uses all)')
     parser.add_argument('--json', help='write the results here')
+    parser.add_argument('--out-map-dtype', action='store_true',
+                        help="y in the map's dtype (the model's call) instead of float32")
+    parser.add_argument('--check', action='store_true',
+                        help='with --sweep: check each config against float64 first (the '
+                        'first --check-batch images for the gradients)')
     parser.add_argument('--sweep', action='store_true',
                         help='time the fused kernel over tile sizes / warps instead')
     parser.add_argument('--sweep-c', type=int, nargs='+', default=[16, 32])
@@ -232,8 +250,9 @@ def main():
                         '4x128x4x16x8x1, or keyword=value pairs, e.g. whole_map=0 '
                         'whole_map=1,map_block_c=4,map_num_warps=2 segments=16,bwd_segments=8')
     args = parser.parse_args()
-    if args.map and not args.sweep:
-        parser.error('--map applies to --sweep only')
+    for option in ('map', 'check'):
+        if getattr(args, option) and not args.sweep:
+            parser.error(f'--{option} applies to --sweep only')
     if not torch.cuda.is_available():
         sys.exit('benchmark_scan.py needs a CUDA GPU')
     dev = torch.device('cuda')
@@ -253,10 +272,11 @@ def main():
                    floor_fwd=n_el * (xb + 4) / bw / 1e9,
                    floor_fwdbwd=n_el * (xb + 4 + xb + 4 + xb) / bw / 1e9)
         t0 = time.time()
-        row['err'] = check(inp, args.check_batch)
+        fn = lambda i: fused(i, out_dtype=_out_dtype(args, i))  # noqa: E731
+        row['err'] = check(inp, args.check_batch, fn)
         print(f'stage {stage}: check vs float64 done in {time.time() - t0:.1f}s: ' +
               ' '.join(f'{k} {v:.1e}' for k, v in row['err'].items()), flush=True)
-        variants = [('fused', fused)] + ([] if args.skip_unfused else [('unfused', unfused)])
+        variants = [('fused', fn)] + ([] if args.skip_unfused else [('unfused', unfused)])
         if not args.skip_torch:
             variants.append(('torch', lambda i: fused(i, backend='torch')))
         for name, fn in variants:
