@@ -60,9 +60,11 @@ def ss2d_scan(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
         backend (str, optional): 'auto', 'triton' or 'torch'; default from ``$VMAMBA_SCAN_BACKEND``
             or 'auto' (Triton on CUDA, torch elsewhere).
         out_dtype (torch.dtype, optional): the output's dtype: None (float32, or float64 for
-            float64 input), torch.float32 or x's dtype (the four directions are still summed in
-            float32 and rounded once; under autocast, half the bytes for the norm that follows
-            and for the gradient coming back).
+            float64 input), torch.float32 or x's dtype (under autocast, half the bytes for the
+            norm that follows and for the gradient coming back). The four directions are
+            summed in float32 and rounded once, except by the d_state 1 kernels on a float16
+            map, which add them into a float16 sum as the authors' merge does (``fp16_sums``
+            of :func:`vmamba_kernels.ss2d_n1.n1_launch_config`).
 
     Returns:
         Tensor: (batch, C, H, W) float32 (float64 for float64 input on the torch path; else

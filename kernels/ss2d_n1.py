@@ -394,7 +394,9 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
     if length >= 512:
-        tiles, bwd_cap = (8, 64, 4, 2, 1), 80
+        # (forward 16 channels since fp16_sums: H100, VMamba-T fp16 forward at batch 128,
+        # stage 1 0.977 -> 0.897 ms, stage 2 0.597 -> 0.538; compiled inference +1.2%)
+        tiles, bwd_cap = (16, 64, 4, 2, 1), 80
     else:
         tiles, bwd_cap = (4, 32, 1, 2, 1), None
     if bwd_maxnreg is None and bwd_block_c is None and bwd_num_warps is None:
@@ -430,8 +432,10 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
                  sum_rows=bwd_sum_rows or default_sum_rows(length), fp16_sums=fp16))
 
 
-# whether float16 maps keep the directions' running sums in float16 by default (fp16_sums)
-FP16_SUMS = False
+# whether float16 maps keep the directions' running sums in float16 by default (fp16_sums;
+# H100, VMamba-T at batch 128 under fp16 autocast: compiled inference 7424 -> 7746 img/s,
+# training 2553 -> 2603; docs/kernels.md)
+FP16_SUMS = True
 
 
 # walks of SPREAD_SUM_ROWS_FROM_LENGTH steps up to (not including) SPREAD_SUM_ROWS_TO_LENGTH add
@@ -844,8 +848,10 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     walk stays in cache and the copies would cost more than they save.
 
     ``out_dtype``: y's dtype, float32 (None) or x's (checked by the caller): the directions are
-    summed in float32 and the last of them (with transposed columns: the pass adding the column
-    part) writes the sum rounded to x's dtype, so no float32 map is left for a cast to read.
+    summed in float32 (on a float16 map in float16 unless ``fp16_sums`` is off: see
+    :func:`n1_launch_config`) and the last of them (with transposed columns: the pass adding
+    the column part) writes the sum in x's dtype, so no float32 map is left for a cast to
+    read.
 
     With a large dt rank (``project_first`` None: rank >= ``PROJECT_FROM_RANK``) delta's
     pre-activation w dt_low is one GEMM before each launch, (batch, 4, C, L), which the kernels

@@ -96,7 +96,8 @@ class SS2D(nn.Module):
         proj = proj.view(batch, NUM_DIRECTIONS, -1, height * width)
         dt_low, Bs, Cs = proj.split([self.dt_rank, self.d_state, self.d_state], dim=2)
         # the scan's output in the map's dtype (under autocast half precision, as the authors'
-        # kernel returns it; the four directions are summed in float32 and rounded once)
+        # kernel returns it; the four directions are summed in float32 and rounded once, or on
+        # a float16 map on the GPU in float16 as the authors' merge adds them)
         y = ss2d_scan(x, dt_low.contiguous(), self.dt_projs_weight.float(),
                       self.dt_projs_bias.float(), -torch.exp(self.A_logs.float()),
                       Bs.contiguous(), Cs.contiguous(), self.Ds.float(),

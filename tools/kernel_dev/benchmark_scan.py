@@ -93,7 +93,7 @@ def sweep(args, dev):
             try:
                 errs = check(inp, args.check_batch, fn) if args.check else {}
                 fwd = bench(fn, inp, False, 3, args.graphs)
-                both = bench(fn, inp, True, 3, args.graphs)
+                both = math.nan if args.forward_only else bench(fn, inp, True, 3, args.graphs)
             except Exception as err:  # e.g. out of shared memory / registers
                 print(f'stage {stage} {config}: failed ({type(err).__name__}: '
                       f'{str(err)[:800]})', flush=True)
@@ -102,7 +102,7 @@ def sweep(args, dev):
             checked = ''.join(f' {k} {v:.1e}' for k, v in errs.items())
             print(f'stage {stage} {config}: fwd {fwd:.3f} fwd+bwd {both:.3f}'
                   f'{" vs float64:" if errs else ""}{checked}', flush=True)
-        both, fwd, config = min(results, key=lambda r: r[0])
+        both, fwd, config = min(results, key=lambda r: r[1] if args.forward_only else r[0])
         print(f'BEST stage {stage}: {config} fwd {fwd:.3f} ms fwd+bwd {both:.3f} ms', flush=True)
         del inp
         torch.cuda.empty_cache()
@@ -232,6 +232,9 @@ def main():
     parser.add_argument('--json', help='write the results here')
     parser.add_argument('--out-map-dtype', action='store_true',
                         help="y in the map's dtype (the model's call) instead of float32")
+    parser.add_argument('--forward-only', action='store_true',
+                        help='with --sweep: time the forward (inference) only, and pick the '
+                        'best by it')
     parser.add_argument('--check', action='store_true',
                         help='with --sweep: check each config against float64 first (the '
                         'first --check-batch images for the gradients)')
@@ -250,9 +253,9 @@ def main():
                         '4x128x4x16x8x1, or keyword=value pairs, e.g. whole_map=0 '
                         'whole_map=1,map_block_c=4,map_num_warps=2 segments=16,bwd_segments=8')
     args = parser.parse_args()
-    for option in ('map', 'check'):
+    for option in ('map', 'check', 'forward_only'):
         if getattr(args, option) and not args.sweep:
-            parser.error(f'--{option} applies to --sweep only')
+            parser.error(f'--{option.replace("_", "-")} applies to --sweep only')
     if not torch.cuda.is_available():
         sys.exit('benchmark_scan.py needs a CUDA GPU')
     dev = torch.device('cuda')
