@@ -138,8 +138,9 @@ def _fwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
     each scanned in reverse). SEGMENTED: the segment starts from the state in ``hin_ptr``.
     SUMMARY (the pre-pass of a segmented forward): nothing is written but the segment's total
     decay and its end state from a zero start, the two halves of ``sum_ptr``. Each direction
-    adds into the float32 map of the earlier ones; where the merged map has no transposed part
-    the last one writes the sum into ``yo_ptr`` (y in the output's dtype)."""
+    adds into the map of the earlier ones (float32, or float16 with the launch's fp16_sums: the
+    stores round to the pointers' dtype); where the merged map has no transposed part the last
+    one writes the sum into ``yo_ptr`` (y in the output's dtype)."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
         dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D,
         PRE_GIVEN)
@@ -228,9 +229,10 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
     carry it passes on from a zero carry are written (``sum_ptr``). dB and dC have NSUM rows per
     image and direction, channel block i writing row i % NSUM: one per block (stores), or, with
     ATOMIC_SUMS, fewer that several blocks add into (float32 atomics, in no fixed order).
-    dx: each direction adds into the float32 map of the earlier ones; where the merged map has
-    no transposed part, the last direction writes the sum into ``dxo_ptr`` instead (dx in the
-    map's dtype: no float32 map written for a cast to read back)."""
+    dx: each direction adds into the map of the earlier ones (float32, or float16 with the
+    launch's fp16_sums); where the merged map has no transposed part, the last direction writes
+    the sum into ``dxo_ptr`` instead (dx in the map's dtype: no float32 map written for a cast
+    to read back)."""
     kc, A, bias, Dk, dtl_base, bs_base, cs_base, hs_base = _direction_inputs(
         dtl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hs_ptr, b, c, cm, CH, L, R, NCH, K, HAS_D,
         PRE_GIVEN)
@@ -536,9 +538,10 @@ def _launch_forward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tens
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward launch: returns y and the chunk start states (a placeholder unless
     ``save``), float32; with ``out_x_dtype`` (merged only) y in x's dtype, the directions summed
-    in float32 and rounded once. ``cols_t``: the column directions read a transposed copy of the
-    map and write a transposed sum, added into y here, so y holds all four directions either way
-    (one opaque operator: a compiled graph sees neither transpose nor the second float32 map).
+    in float32 and rounded once (in float16 on a float16 map with ``fp16_sums``). ``cols_t``:
+    the column directions read a transposed copy of the map and write a transposed sum, added
+    into y here, so y holds all four directions either way (one opaque operator: a compiled
+    graph sees neither transpose nor the second sum map).
     ``pre_given``: ``dt_low`` is the projected dt (:func:`_projected_dt`) instead.
     ``segments`` > 1: each walk is split into that many runs of chunks, one program each, after
     a pre-pass that finds the state entering each. ``maxnreg``: the kernel's register cap (None:
@@ -602,7 +605,8 @@ def _launch_backward(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
                      maxnreg: Optional[int], sum_rows: int, fp16_sums: bool = False
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward launch: returns dx in x's dtype (the directions summed in float32),
+    """The backward launch: returns dx in x's dtype (the directions summed in float32, or in
+    float16 on a float16 map with ``fp16_sums``),
     d(delta pre-activation) in walked order (in the projection's dtype), and float32 partials of
     d dt_bias, dA, dD (per image and segment) and dB, dC (rows as ``sum_rows`` says, walked
     order). ``cols_t`` as in the forward launch: the column directions read transposed copies of
@@ -652,7 +656,8 @@ class SS2DScanN1Function(torch.autograd.Function):
 
     merged=True: ``x`` is the (batch, C, H, W) map, dt_low, Bs, Cs (batch, 4, ., L) row-major;
     returns y (batch, C, H, W), the sum of the four directions, float32 (with ``out_x_dtype``:
-    in x's dtype, rounded once from the float32 sum). With ``cols_t`` the
+    in x's dtype, rounded once from the float32 sum, or summed in float16 on a float16 map with
+    the launch config's ``fp16_sums``). With ``cols_t`` the
     launches give the column directions a transposed copy of the map (and their dt_low / Bs / Cs
     rows copied column-major); without, those directions walk x with a stride.
     merged=False (the benchmark's unfused baseline): ``x`` is the (batch, 4, C, L) cross scan,
