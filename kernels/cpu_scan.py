@@ -108,7 +108,8 @@ def ss2d_scan_cpu(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor
                   dt_bias: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
                   D: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The fused SS2D core (contract of :func:`vmamba_kernels.ss2d_scan`, inputs already checked)
-    in float32 on CPU tensors, without autograd.
+    in float32 on CPU tensors, without autograd. ``x`` in any layout: a channels-last map is read
+    as it is (the kernel walks channels-last rows), another is copied once.
 
     Returns:
         Tensor: (batch, C, H, W) float32, stored channels-last.
@@ -128,7 +129,7 @@ def ss2d_scan_cpu(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor
     bias, a = dt_bias.to(f32).contiguous(), A.to(f32).contiguous()
     b_in, c_in = Bs.to(f32).contiguous(), Cs.to(f32).contiguous()
     skip = D.to(f32).contiguous() if D is not None else None
-    y = torch.zeros(batch, height, width, channels, dtype=f32)
+    y = torch.empty(batch, height, width, channels, dtype=f32)  # the first direction writes it
     threads = torch.get_num_threads()
     # blocks of 64 channels, or smaller ones (multiples of 16) when there would be fewer tasks
     # than four per thread

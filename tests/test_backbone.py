@@ -192,6 +192,37 @@ def test_ss2d_x_projection_keeps_the_map_the_scan_gets(monkeypatch):
     assert torch.allclose(dt_low.double(), expected, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize('backend', ['torch', 'triton'])
+def test_ss2d_hands_the_cpu_inference_scan_the_map_as_the_convolution_left_it(backend,
+                                                                           monkeypatch):
+    # inference on the torch path (the CPU's C scan reads channels-last rows): the scan gets the
+    # SiLU output as it is, channels-last, no copy; with gradients, or for the Triton kernels,
+    # a contiguous channel-first map; the outputs are the same
+    import mmvmamba.models.ss2d as ss2d_module
+    torch.manual_seed(0)
+    op = ss2d_module.SS2D(8, scan_backend=backend).eval()
+    x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    scanned = []
+    real_scan = ss2d_module.ss2d_scan
+
+    def scan(x, *args, **kwargs):
+        scanned.append(x)
+        return real_scan(x, *args, **kwargs)
+
+    monkeypatch.setattr(ss2d_module, 'ss2d_scan', scan)
+    with torch.no_grad():
+        y_inference = op(x)
+    y_train = op(x)
+    inference, train = scanned
+    assert train.is_contiguous()
+    if backend == 'torch':
+        assert inference.is_contiguous(memory_format=torch.channels_last)
+        assert not inference.is_contiguous()
+    else:
+        assert inference.is_contiguous()
+    assert torch.allclose(y_inference, y_train, rtol=1e-5, atol=1e-6)
+
+
 def test_frozen_stages_get_no_gradients():
     model = VMamba(SMALL, out_indices=(0, 1, 2, 3), frozen_stages=2).train()
     sum(o.mean() for o in model(torch.randn(1, 3, 32, 32))).backward()

@@ -12,7 +12,7 @@
  *   A    (4 * C, N)           state matrix (negative)
  *   Bs, Cs (batch, 4, N, L)
  *   D    (4 * C) or NULL
- *   y    (batch, L, C)        output, must be zero-initialised
+ *   y    (batch, L, C)        output (the first direction writes it, the others add)
  */
 #include <math.h>
 #include <string.h>
@@ -61,7 +61,8 @@ void ss2d_scan_f32(const float *x, const float *pre, const float *bias, const fl
                         const float u = xs[c];
                         const float hv = expf(d * ak[c]) * h[c] + d * u * bv;
                         h[c] = hv;
-                        ys[c] += cv * hv + (dk ? dk[c] * u : 0.f);
+                        /* direction 0 writes y (never read: y starts uninitialised) */
+                        ys[c] = (k == 0 ? 0.f : ys[c]) + cv * hv + (dk ? dk[c] * u : 0.f);
                     }
                 } else {
                     for (long c = 0; c < nc; ++c) {
@@ -74,7 +75,7 @@ void ss2d_scan_f32(const float *x, const float *pre, const float *bias, const fl
                                   d * u * Bk[n * length + s];
                             acc += Ck[n * length + s] * *hn;
                         }
-                        ys[c] += acc;
+                        ys[c] = (k == 0 ? 0.f : ys[c]) + acc;
                     }
                 }
             }

@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vmamba_kernels import ss2d_scan
+from vmamba_kernels import resolve_backend, ss2d_scan
+from vmamba_kernels.checks import wants_grad
 
 from .utils.layers import LayerNorm2d, Linear2d, channel_first
 from .utils.recompute import run_recomputed
@@ -73,13 +74,19 @@ class SS2D(nn.Module):
 
     def _scan_input(self, x):
         """in_proj -> depthwise conv -> SiLU: the scan's input, channel-first and contiguous as
-        the scan reads it (a channels-last convolution output is copied once, its gradient
-        copied back: :func:`channel_first`), and the gate z (None without gate)."""
+        the Triton kernels and the differentiable path read it (a channels-last convolution
+        output is copied once, its gradient copied back: :func:`channel_first`), or in the
+        layout it has where the torch path runs without gradients (the CPU's C scan reads
+        channels-last rows, which a copy to channel-first would only have to undo), and the
+        gate z (None without gate)."""
         x = self.in_proj(x)
         z = None
         if self.gate:
             x, z = x.chunk(2, dim=1)
-        return channel_first(self.act(self.conv2d(x))), z
+        x = self.act(self.conv2d(x))
+        if wants_grad(x) or resolve_backend(self.scan_backend, x) != 'torch':
+            x = channel_first(x)
+        return x, z
 
     def forward(self, x):
         if self.recompute_input:

@@ -46,6 +46,21 @@ def test_grid_scan_matches_float64(shape):
     assert y64.dtype == torch.float64 and rel_err(y64, ref) < 1e-12
 
 
+@pytest.mark.parametrize('d_state', [1, 4])
+def test_compiled_cpu_scan_any_layout_and_unset_output(d_state, monkeypatch):
+    # a channels-last map read as it is, bitwise as its contiguous copy, both against float64;
+    # the output, left uninitialised (here: NaN) until the first direction writes it, never read
+    inputs = make_inputs(2, 70, 5, 6, 3, d_state, seed=d_state)
+    ref = naive_ss2d(**{k: v.double() for k, v in inputs.items()})
+    y = cpu_scan.ss2d_scan_cpu(**inputs)
+    assert rel_err(y, ref) < 2e-6
+    empty = torch.empty
+    monkeypatch.setattr(torch, 'empty', lambda *a, **kw: empty(*a, **kw).fill_(float('nan')))
+    cl = dict(inputs, x=inputs['x'].contiguous(memory_format=torch.channels_last))
+    assert not cl['x'].is_contiguous()
+    assert torch.equal(cpu_scan.ss2d_scan_cpu(**cl), y)
+
+
 def test_compiled_cpu_scan_without_skip_and_with_half_inputs():
     inputs = make_inputs(2, 24, 5, 6, 3, 1, seed=3)
     inputs['D'] = None

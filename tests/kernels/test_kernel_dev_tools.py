@@ -111,7 +111,8 @@ def test_benchmark_norm_compiled_loss_keeps_fp16_gradients_above_underflow():
     assert all(error < 2e-3 for _, _, _, error in rows), rows
 
 
-@pytest.mark.parametrize('variant', ['compiled', 'channel-first-weights'])
+@pytest.mark.parametrize('variant', ['compiled', 'channel-first-weights',
+                                     'channel-first-scan-input'])
 def test_cpu_inference_ab_times_both_forms_of_one_model(variant):
     # the experiment behind the CPU inference A/B figures: both forms from the config, one set
     # of weights (their outputs agree), a time per round for each

@@ -6,7 +6,10 @@ is compared with:
 
 * ``compiled``: the backbone's ``compile`` option (``torch.compile``);
 * ``channel-first-weights``: the dense convolutions' weights channel-first (the layout before
-  the CPU's channels-last weights; ``VMamba._set_conv_weight_layout``).
+  the CPU's channels-last weights; ``VMamba._set_conv_weight_layout``);
+* ``channel-first-scan-input``: each SS2D hands the scan a contiguous channel-first map, copied
+  from the convolution's channels-last output (what it did before the CPU's C scan took the map
+  as it is; ``SS2D._scan_input``).
 
     python tools/kernel_dev/experiments/cpu_inference_ab.py [CONFIG] --variant compiled \
         --batch 1 8 --threads 2 --rounds 5
@@ -19,7 +22,16 @@ import torch
 from mmengine.config import Config
 
 from mmvmamba.models import VMamba
+from mmvmamba.models.ss2d import SS2D
+from mmvmamba.models.utils.layers import channel_first
 from stem_conv import median_ms
+
+
+def _channel_first_scan_input(scan_input):
+    def call(x):
+        x, z = scan_input(x)
+        return channel_first(x), z
+    return call
 
 
 def variant(model, backbone, name):
@@ -29,6 +41,11 @@ def variant(model, backbone, name):
         other.load_state_dict(model.state_dict())
         return other
     other = copy.deepcopy(model)
+    if name == 'channel-first-scan-input':
+        for m in other.modules():
+            if isinstance(m, SS2D):
+                m._scan_input = _channel_first_scan_input(m._scan_input)
+        return other
     for m in other.modules():
         if isinstance(m, torch.nn.Conv2d):
             m.weight.data = m.weight.data.contiguous()
@@ -39,7 +56,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('config', nargs='?', default='configs/vmamba/vmamba-tiny_8xb128_in1k.py')
     parser.add_argument('--variant', default='compiled',
-                        choices=['compiled', 'channel-first-weights'])
+                        choices=['compiled', 'channel-first-weights',
+                                 'channel-first-scan-input'])
     parser.add_argument('--batch', type=int, nargs='+', default=[1, 8])
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--rounds', type=int, default=5)
