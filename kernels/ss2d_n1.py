@@ -28,6 +28,7 @@ What else differs, each measured on the H100 (docs/kernels.md):
   ``torch.use_deterministic_algorithms(True)`` it writes the per-block rows and sums them in a
   fixed order (:func:`default_atomic_sums`).
 """
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -391,7 +392,7 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     forward, dx in the backward) are float16 maps, each direction adding its float32 part to the
     float16 sum of the earlier ones (as the authors' merge adds the directions' float16
     outputs), which halves the bytes of those read-modify-writes; else (and for other dtypes)
-    float32, rounded once at the end. None: :data:`FP16_SUMS`.
+    float32, rounded once at the end. None: :func:`default_fp16_sums`.
 
     Defaults from the H100 sweep in docs/kernels.md, by sequence length. The backward shares
     BLOCK_L (it reads the chunk states the forward saved) and has its own channels and warps."""
@@ -420,7 +421,7 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
     for name, value in (('bwd_atomic_sums', bwd_atomic_sums), ('fp16_sums', fp16_sums)):
         if value not in (None, True, False, 0, 1):
             raise ValueError(f'{name} must be True, False or None, got {value!r}')
-    fp16 = FP16_SUMS if fp16_sums is None else bool(fp16_sums)
+    fp16 = default_fp16_sums() if fp16_sums is None else bool(fp16_sums)
     if bwd_sum_rows is not None:
         if bwd_atomic_sums is not None and not bwd_atomic_sums:
             raise ValueError(f'bwd_sum_rows ({bwd_sum_rows}) are rows that atomics add into: it '
@@ -438,6 +439,17 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
 # H100, VMamba-T at batch 128 under fp16 autocast: compiled inference 7424 -> 7746 img/s,
 # training 2553 -> 2603; docs/kernels.md)
 FP16_SUMS = True
+FP16_SUMS_ENV = 'VMAMBA_SCAN_FP16_SUMS'
+
+
+def default_fp16_sums():
+    """Whether float16 maps sum the directions in float16 when no ``fp16_sums`` is given:
+    ``$VMAMBA_SCAN_FP16_SUMS`` (0 or 1) where set, else :data:`FP16_SUMS`."""
+    value = os.environ.get(FP16_SUMS_ENV, '')
+    if value not in ('', '0', '1'):
+        raise ValueError(f'${FP16_SUMS_ENV} must be 0 (float32 sums) or 1 (float16 sums on '
+                         f'float16 maps), got {value!r}')
+    return FP16_SUMS if value == '' else value == '1'
 
 
 # walks of SPREAD_SUM_ROWS_FROM_LENGTH steps up to (not including) SPREAD_SUM_ROWS_TO_LENGTH add

@@ -572,6 +572,7 @@ def test_fp16_sums_of_the_directions(transpose_columns, segments):
 
 def test_fp16_sums_default_and_bad_value(monkeypatch):
     from vmamba_kernels import ss2d_n1
+    monkeypatch.delenv('VMAMBA_SCAN_FP16_SUMS', raising=False)
     for passes in ss2d_n1.n1_launch_config(3136):
         assert passes['fp16_sums'] is ss2d_n1.FP16_SUMS
     monkeypatch.setattr(ss2d_n1, 'FP16_SUMS', not ss2d_n1.FP16_SUMS)
@@ -579,3 +580,13 @@ def test_fp16_sums_default_and_bad_value(monkeypatch):
     assert ss2d_n1.n1_launch_config(196, fp16_sums=0)[0]['fp16_sums'] is False
     with pytest.raises(ValueError, match="fp16_sums must be True, False or None, got 'yes'"):
         ss2d_n1.n1_launch_config(64, fp16_sums='yes')
+    # the environment variable overrides the module default; an argument overrides both
+    for value, expected in (('0', False), ('1', True)):
+        monkeypatch.setenv('VMAMBA_SCAN_FP16_SUMS', value)
+        assert all(p['fp16_sums'] is expected for p in ss2d_n1.n1_launch_config(3136))
+        assert ss2d_n1.n1_launch_config(3136, fp16_sums=not expected)[0]['fp16_sums'] is (
+            not expected)
+    monkeypatch.setenv('VMAMBA_SCAN_FP16_SUMS', 'yes')
+    with pytest.raises(ValueError, match=r"\$VMAMBA_SCAN_FP16_SUMS must be 0 \(float32 sums\) "
+                                         r"or 1 \(float16 sums on float16 maps\), got 'yes'"):
+        ss2d_n1.n1_launch_config(64)
