@@ -1,11 +1,20 @@
-"""A map plus the transpose of another, in one pass: how the d_state 1 backward adds the column
-directions' dx (walked on the transposed map) into the rows' and casts the sum to the map's
-dtype, where ``a.add_(t.transpose(2, 3))`` and ``.to(dtype)`` read and write the float32 map
-twice more."""
+"""Transposed maps for the d_state 1 kernels' column walks.
+
+``transposed``: a (batch, C, H, W) map copied to (batch, C, W, H) in tiles, each read along its
+rows and written along its columns (ATen's ``t.transpose(2, 3).contiguous()`` is an
+elementwise copy with one side strided). ``add_transposed``: a map plus the transpose of
+another, in one pass: how the d_state 1 scan adds the column directions' y or dx (walked on the
+transposed map) into the rows' and casts the sum to the map's dtype, where
+``a.add_(t.transpose(2, 3))`` and ``.to(dtype)`` read and write the float32 map twice more."""
 import triton
 import triton.language as tl
 
-BLOCK = 32
+
+
+def _tile(height, width):
+    """Square tile side and warps: one 64 x 64 tile per program where a side passes 32 (a 56 x
+    56 map in one tile: 32-tiles ran at half speed there on the H100), else 32 x 32."""
+    return (64, 8) if max(height, width) > 32 else (32, 4)
 
 
 @triton.jit
@@ -21,6 +30,31 @@ def _add_transposed_kernel(a_ptr, t_ptr, out_ptr, H, W, BLOCK_H: tl.constexpr,
     tl.store(out_ptr + row_major, (a + t).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _transpose_kernel(t_ptr, out_ptr, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    plane = tl.program_id(0).to(tl.int64) * H * W  # one (image, channel) map per row of programs
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    w = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = (h[:, None] < H) & (w[None, :] < W)
+    v = tl.load(t_ptr + plane + h[:, None] * W + w[None, :], mask=mask)
+    tl.store(out_ptr + plane + w[None, :] * H + h[:, None], v, mask=mask)
+
+
+def transposed(t):
+    """``t.transpose(2, 3).contiguous()`` for a contiguous (batch, C, H, W) ``t``, by tiles."""
+    if t.dim() != 4 or not t.is_contiguous():
+        raise ValueError(f'transposed: t must be a contiguous (batch, C, H, W) map; got shape '
+                         f'{tuple(t.shape)}, strides {t.stride()}')
+    batch, channels, height, width = t.shape
+    out = t.new_empty((batch, channels, width, height))
+    if out.numel():
+        block, warps = _tile(height, width)
+        grid = (batch * channels, triton.cdiv(height, block), triton.cdiv(width, block))
+        _transpose_kernel[grid](t, out, height, width, BLOCK_H=block, BLOCK_W=block,
+                                num_warps=warps)
+    return out
+
+
 def add_transposed(a, t, out):
     """``out = a + t.transpose(2, 3)`` in ``out``'s dtype (the sum in float32): ``a`` and ``out``
     contiguous (batch, C, H, W), ``t`` contiguous (batch, C, W, H); ``out`` may be ``a``."""
@@ -30,9 +64,10 @@ def add_transposed(a, t, out):
                          f'got a {tuple(a.shape)}, t {tuple(t.shape)}, out {tuple(out.shape)}')
     if not (a.is_contiguous() and t.is_contiguous() and out.is_contiguous()):
         raise ValueError('add_transposed: a, t and out must be contiguous')
-    grid = (batch * channels, triton.cdiv(height, BLOCK), triton.cdiv(width, BLOCK))
-    _add_transposed_kernel[grid](a, t, out, height, width, BLOCK_H=BLOCK, BLOCK_W=BLOCK,
-                                 num_warps=4)
+    block, warps = _tile(height, width)
+    grid = (batch * channels, triton.cdiv(height, block), triton.cdiv(width, block))
+    _add_transposed_kernel[grid](a, t, out, height, width, BLOCK_H=block, BLOCK_W=block,
+                                 num_warps=warps)
     return out
 
 

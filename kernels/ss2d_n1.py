@@ -37,7 +37,7 @@ import triton.language as tl
 
 from .checks import env_int, wants_grad
 from .compile_ops import opaque_under_compile
-from .map_transpose import add_transposed
+from .map_transpose import add_transposed, transposed
 from .ss2d_n1_map import launch_backward_map, launch_forward_map, map_fits, map_launch_config
 from .triton_math import _channel_params, _combine, _combine_grad, _softplus
 
@@ -522,9 +522,10 @@ def _forward_outputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width,
 
 
 def _transposed(t):
-    """``t`` (batch, C, H, W) as a contiguous (batch, C, W, H) map: what the column directions
-    of a ``cols_t`` launch read."""
-    return t.transpose(2, 3).contiguous()
+    """``t`` (batch, C, H, W) as a contiguous (batch, C, W, H) map, copied by tiles
+    (:func:`map_transpose.transposed`): what the column directions of a ``cols_t`` launch
+    read."""
+    return transposed(t.contiguous())
 
 
 def _transposed_output(t, dtype):

@@ -497,6 +497,23 @@ def test_add_transposed_against_torch(shape, dtype):
         add_transposed(torch.zeros(2, 3, 5, 7), torch.zeros(2, 3, 5, 7), torch.zeros(2, 3, 5, 7))
 
 
+@pytest.mark.parametrize('shape,dtype', [((2, 3, 5, 7), torch.float16), ((1, 2, 33, 40),
+                                                                          torch.bfloat16),
+                                         ((2, 1, 36, 3), torch.float32), ((1, 1, 64, 65),
+                                                                          torch.float16)])
+def test_transposed_copy_against_torch(shape, dtype):
+    # the column walks' copy of x / dy: bitwise torch's transposed contiguous copy (values are
+    # moved, never computed), on maps of one tile, of several with partial edges, non-square
+    from vmamba_kernels.map_transpose import transposed
+    g = torch.Generator().manual_seed(sum(shape))
+    t = torch.randn(*shape, generator=g).to(dtype)
+    got = transposed(t)
+    assert got.shape == (*shape[:2], shape[3], shape[2]) and got.is_contiguous()
+    assert got.dtype == dtype and torch.equal(got, t.transpose(2, 3).contiguous())
+    with pytest.raises(ValueError, match=r'got shape \(2, 7, 5, 3\), strides'):
+        transposed(torch.zeros(2, 3, 5, 7).permute(0, 3, 2, 1))
+
+
 @pytest.mark.parametrize('options', [dict(transpose_columns=False), dict(transpose_columns=True),
                                      dict(whole_map=True), dict(backend='torch'),
                                      dict(d_state=2)])

@@ -1,0 +1,81 @@
+"""The column walks' map transposes on a CUDA GPU: ATen's ``t.transpose(2, 3).contiguous()``
+against ``vmamba_kernels.map_transpose.transposed`` with each square tile (side, warps) given,
+and ``add_transposed`` (float16 maps, as under fp16 autocast with the float16 sums) likewise, at
+the maps of VMamba-T / S stages 1-2 (batch 128). Prints median microseconds and TB/s per
+variant; every variant's output is checked against torch's first.
+
+    python tools/kernel_dev/experiments/map_transpose_tiles.py [--batch 128]
+        [--tiles 32x4 64x4 64x8 32x2]
+"""
+import argparse
+import os
+import sys
+
+import torch
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from _kernels import import_kernels  # noqa: E402
+
+import_kernels()
+from vmamba_kernels import map_transpose as mt  # noqa: E402
+
+MAPS = [(96, 56), (192, 28), (192, 56), (384, 28)]  # (channels, side): T and S, stages 1-2
+
+
+def timed(fn):
+    return do_bench(fn, warmup=50, rep=300, return_mode='median') * 1e3  # microseconds
+
+
+def launch(kernel, args, shape, side, warps):
+    batch, channels, height, width = shape
+    grid = (batch * channels, triton.cdiv(height, side), triton.cdiv(width, side))
+    return lambda: kernel[grid](*args, height, width, BLOCK_H=side, BLOCK_W=side,
+                                num_warps=warps)
+
+
+def report(label, shape, bytes_moved, results):
+    cells = ' '.join(f'{name} {us:.1f} us ({bytes_moved / us / 1e6:.2f} TB/s)'
+                     for name, us in results)
+    print(f'{label} {shape}: {cells}', flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--tiles', nargs='+', default=['32x4', '64x4', '64x8', '32x2'],
+                        help='square tiles as SIDExWARPS')
+    args = parser.parse_args()
+    tiles = [tuple(int(v) for v in text.split('x')) for text in args.tiles]
+    print(f'{torch.cuda.get_device_name()}, torch {torch.__version__}, triton '
+          f'{triton.__version__}; default tiles: {[mt._tile(s, s) for _, s in MAPS]}')
+    for channels, side in MAPS:
+        shape = (args.batch, channels, side, side)
+        t = torch.randn(shape, device='cuda', dtype=torch.float16)
+        want = t.transpose(2, 3).contiguous()
+        assert torch.equal(mt.transposed(t), want)
+        results = [('aten', timed(lambda: t.transpose(2, 3).contiguous())),
+                   ('default', timed(lambda: mt.transposed(t)))]
+        for tile_side, warps in tiles:
+            out = torch.empty_like(want)
+            fn = launch(mt._transpose_kernel, (t, out), shape, tile_side, warps)
+            fn()
+            assert torch.equal(out, want), (tile_side, warps)
+            results.append((f'{tile_side}x{warps}', timed(fn)))
+        report('transpose fp16', shape, 2 * t.numel() * 2, results)
+
+        a = torch.randn(shape, device='cuda', dtype=torch.float16)
+        want = mt.add_transposed_reference(a, t, torch.float16)
+        results = []
+        for tile_side, warps in tiles:
+            out = torch.empty_like(a)
+            fn = launch(mt._add_transposed_kernel, (a, t, out), shape, tile_side, warps)
+            fn()
+            assert torch.equal(out, want), (tile_side, warps)
+            results.append((f'{tile_side}x{warps}', timed(fn)))
+        report('add_transposed fp16', shape, 3 * a.numel() * 2, results)
+
+
+if __name__ == '__main__':
+    main()
