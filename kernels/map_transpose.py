@@ -10,7 +10,6 @@ import triton
 import triton.language as tl
 
 
-
 def _tile(height, width):
     """Square tile side and warps: one 64 x 64 tile per program where a side passes 32 (a 56 x
     56 map in one tile: 32-tiles ran at half speed there on the H100), else 32 x 32."""
