@@ -11,9 +11,12 @@ import triton.language as tl
 
 
 def _tile(height, width):
-    """Square tile side and warps: one 64 x 64 tile per program where a side passes 32 (a 56 x
-    56 map in one tile: 32-tiles ran at half speed there on the H100), else 32 x 32."""
-    return (64, 8) if max(height, width) > 32 else (32, 4)
+    """Tile sides (powers of two, 16 to 64, each the map's side rounded up) and warps: a 56 x
+    56 plane in one 64 x 64 tile on 8 warps, a 28 x 28 one in a 32 x 32 tile on 4 (on the H100
+    32-tiles ran at half speed on 56 x 56 maps, 64-tiles at a quarter on 28 x 28 ones)."""
+    block_h, block_w = (min(64, max(16, triton.next_power_of_2(n))) for n in (height, width))
+    size = block_h * block_w
+    return block_h, block_w, 8 if size >= 4096 else 4 if size >= 1024 else 2
 
 
 @triton.jit
@@ -47,9 +50,9 @@ def transposed(t):
     batch, channels, height, width = t.shape
     out = t.new_empty((batch, channels, width, height))
     if out.numel():
-        block, warps = _tile(height, width)
-        grid = (batch * channels, triton.cdiv(height, block), triton.cdiv(width, block))
-        _transpose_kernel[grid](t, out, height, width, BLOCK_H=block, BLOCK_W=block,
+        block_h, block_w, warps = _tile(height, width)
+        grid = (batch * channels, triton.cdiv(height, block_h), triton.cdiv(width, block_w))
+        _transpose_kernel[grid](t, out, height, width, BLOCK_H=block_h, BLOCK_W=block_w,
                                 num_warps=warps)
     return out
 
@@ -63,9 +66,9 @@ def add_transposed(a, t, out):
                          f'got a {tuple(a.shape)}, t {tuple(t.shape)}, out {tuple(out.shape)}')
     if not (a.is_contiguous() and t.is_contiguous() and out.is_contiguous()):
         raise ValueError('add_transposed: a, t and out must be contiguous')
-    block, warps = _tile(height, width)
-    grid = (batch * channels, triton.cdiv(height, block), triton.cdiv(width, block))
-    _add_transposed_kernel[grid](a, t, out, height, width, BLOCK_H=block, BLOCK_W=block,
+    block_h, block_w, warps = _tile(height, width)
+    grid = (batch * channels, triton.cdiv(height, block_h), triton.cdiv(width, block_w))
+    _add_transposed_kernel[grid](a, t, out, height, width, BLOCK_H=block_h, BLOCK_W=block_w,
                                  num_warps=warps)
     return out
 

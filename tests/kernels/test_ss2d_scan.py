@@ -474,7 +474,8 @@ def test_auto_segments_reach_the_programs_asked_for(monkeypatch):
 
 @pytest.mark.parametrize('shape,dtype', [((2, 3, 5, 7), torch.float16), ((1, 2, 33, 40),
                                                                           torch.bfloat16),
-                                         ((2, 1, 36, 3), torch.float32)])
+                                         ((2, 1, 36, 3), torch.float32),
+                                         ((1, 2, 1, 130), torch.float16)])
 def test_add_transposed_against_torch(shape, dtype):
     # the backward's dx: the rows' float32 map plus the columns' transposed one, cast in the same
     # pass: within one output ulp of the float64 sum, and bitwise torch's float32 sum rounded
@@ -500,10 +501,12 @@ def test_add_transposed_against_torch(shape, dtype):
 @pytest.mark.parametrize('shape,dtype', [((2, 3, 5, 7), torch.float16), ((1, 2, 33, 40),
                                                                           torch.bfloat16),
                                          ((2, 1, 36, 3), torch.float32), ((1, 1, 64, 65),
-                                                                          torch.float16)])
+                                                                          torch.float16),
+                                         ((1, 2, 1, 130), torch.float16)])
 def test_transposed_copy_against_torch(shape, dtype):
     # the column walks' copy of x / dy: bitwise torch's transposed contiguous copy (values are
-    # moved, never computed), on maps of one tile, of several with partial edges, non-square
+    # moved, never computed), on maps of one tile, of several with partial edges, non-square,
+    # one row
     from vmamba_kernels.map_transpose import transposed
     g = torch.Generator().manual_seed(sum(shape))
     t = torch.randn(*shape, generator=g).to(dtype)
