@@ -1,11 +1,11 @@
 """The column walks' map transposes on a CUDA GPU: ATen's ``t.transpose(2, 3).contiguous()``
 against ``vmamba_kernels.map_transpose.transposed`` with each square tile (side, warps) given,
 and ``add_transposed`` (float16 maps, as under fp16 autocast with the float16 sums) likewise, at
-the maps of VMamba-T / S stages 1-2 (batch 128). Prints median microseconds and TB/s per
-variant; every variant's output is checked against torch's first.
+the maps of VMamba-T / S stages 1-2 (batch 128; ``--maps`` others, as CxHxW). Prints median
+microseconds and TB/s per variant; every variant's output is checked against torch's first.
 
     python tools/kernel_dev/experiments/map_transpose_tiles.py [--batch 128]
-        [--tiles 32x4 64x4 64x8 32x2]
+        [--tiles 32x4 64x4 64x8 32x2] [--maps 96x56x56 96x200x333]
 """
 import argparse
 import os
@@ -21,7 +21,7 @@ from _kernels import import_kernels  # noqa: E402
 import_kernels()
 from vmamba_kernels import map_transpose as mt  # noqa: E402
 
-MAPS = [(96, 56), (192, 28), (192, 56), (384, 28)]  # (channels, side): T and S, stages 1-2
+MAPS = ['96x56x56', '192x28x28', '192x56x56', '384x28x28']  # T and S, stages 1-2
 
 
 def timed(fn):
@@ -29,6 +29,7 @@ def timed(fn):
 
 
 def launch(kernel, args, shape, side, warps):
+    """``kernel`` over ``shape`` (batch, C, H, W) with square tiles of ``side``."""
     batch, channels, height, width = shape
     grid = (batch * channels, triton.cdiv(height, side), triton.cdiv(width, side))
     return lambda: kernel[grid](*args, height, width, BLOCK_H=side, BLOCK_W=side,
@@ -46,12 +47,14 @@ def main():
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--tiles', nargs='+', default=['32x4', '64x4', '64x8', '32x2'],
                         help='square tiles as SIDExWARPS')
+    parser.add_argument('--maps', nargs='+', default=MAPS, help='maps as CxHxW')
     args = parser.parse_args()
     tiles = [tuple(int(v) for v in text.split('x')) for text in args.tiles]
-    print(f'{torch.cuda.get_device_name()}, torch {torch.__version__}, triton '
-          f'{triton.__version__}; default tiles: {[mt._tile(s, s) for _, s in MAPS]}')
-    for channels, side in MAPS:
-        shape = (args.batch, channels, side, side)
+    maps = [tuple(int(v) for v in text.split('x')) for text in args.maps]
+    print(f'{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}')
+    for channels, height, width in maps:
+        shape = (args.batch, channels, height, width)
+        print(f'default tile of {height} x {width} (sides, warps): {mt._tile(height, width)}')
         t = torch.randn(shape, device='cuda', dtype=torch.float16)
         want = t.transpose(2, 3).contiguous()
         assert torch.equal(mt.transposed(t), want)
@@ -65,12 +68,13 @@ def main():
             results.append((f'{tile_side}x{warps}', timed(fn)))
         report('transpose fp16', shape, 2 * t.numel() * 2, results)
 
-        a = torch.randn(shape, device='cuda', dtype=torch.float16)
-        want = mt.add_transposed_reference(a, t, torch.float16)
-        results = []
+        # add_transposed(a, u, out): a (batch, C, H, W) plus u (batch, C, W, H) transposed
+        a, u = torch.randn_like(t), torch.randn_like(want)
+        want = mt.add_transposed_reference(a, u, torch.float16)
+        results = [('default', timed(lambda: mt.add_transposed(a, u, torch.empty_like(a))))]
         for tile_side, warps in tiles:
             out = torch.empty_like(a)
-            fn = launch(mt._add_transposed_kernel, (a, t, out), shape, tile_side, warps)
+            fn = launch(mt._add_transposed_kernel, (a, u, out), shape, tile_side, warps)
             fn()
             assert torch.equal(out, want), (tile_side, warps)
             results.append((f'{tile_side}x{warps}', timed(fn)))
