@@ -157,6 +157,20 @@ def test_ss2d_output_norm_takes_the_scan_output_in_the_maps_dtype():
     assert seen == [torch.bfloat16, torch.bfloat16]
 
 
+def _record_scan_inputs(monkeypatch):
+    """SS2D's ``ss2d_scan`` wrapped for the test: returns the list that gets the (x, dt_low)
+    of every call."""
+    import mmvmamba.models.ss2d as ss2d_module
+    calls, real_scan = [], ss2d_module.ss2d_scan
+
+    def scan(x, dt_low, *args, **kwargs):
+        calls.append((x, dt_low))
+        return real_scan(x, dt_low, *args, **kwargs)
+
+    monkeypatch.setattr(ss2d_module, 'ss2d_scan', scan)
+    return calls
+
+
 def test_ss2d_x_projection_keeps_the_map_the_scan_gets(monkeypatch):
     # the x projection's weight gradient needs the scan's input map: autograd keeps that map
     # itself, not a permuted copy (one map of d_inner channels fewer per block); the projection
@@ -165,14 +179,7 @@ def test_ss2d_x_projection_keeps_the_map_the_scan_gets(monkeypatch):
     torch.manual_seed(0)
     op = ss2d_module.SS2D(8, ssm_ratio=2.0)  # d_inner 16: maps of d_inner channels stand out
     x = torch.randn(2, 8, 5, 6)
-    scan_inputs, saved = [], []
-    real_scan = ss2d_module.ss2d_scan
-
-    def scan(x, dt_low, *args, **kwargs):
-        scan_inputs.append((x, dt_low))
-        return real_scan(x, dt_low, *args, **kwargs)
-
-    monkeypatch.setattr(ss2d_module, 'ss2d_scan', scan)
+    scan_inputs, saved = _record_scan_inputs(monkeypatch), []
 
     def pack(t):
         if not scan_inputs:  # kept before the scan ran: the projection and what precedes it
@@ -202,18 +209,11 @@ def test_ss2d_hands_the_cpu_inference_scan_the_map_as_the_convolution_left_it(ba
     torch.manual_seed(0)
     op = ss2d_module.SS2D(8, scan_backend=backend).eval()
     x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last)
-    scanned = []
-    real_scan = ss2d_module.ss2d_scan
-
-    def scan(x, *args, **kwargs):
-        scanned.append(x)
-        return real_scan(x, *args, **kwargs)
-
-    monkeypatch.setattr(ss2d_module, 'ss2d_scan', scan)
+    scanned = _record_scan_inputs(monkeypatch)
     with torch.no_grad():
         y_inference = op(x)
     y_train = op(x)
-    inference, train = scanned
+    (inference, _), (train, _) = scanned
     assert train.is_contiguous()
     if backend == 'torch':
         assert inference.is_contiguous(memory_format=torch.channels_last)
