@@ -45,10 +45,13 @@ def variant(model, backbone, name):
         for m in other.modules():
             if isinstance(m, SS2D):
                 m._scan_input = _channel_first_scan_input(m._scan_input)
-        return other
-    for m in other.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            m.weight.data = m.weight.data.contiguous()
+    elif name == 'channel-first-weights':
+        for m in other.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.data = m.weight.data.contiguous()
+    else:
+        raise ValueError(f"variant must be 'compiled', 'channel-first-weights' or "
+                         f"'channel-first-scan-input', got {name!r}")
     return other
 
 
