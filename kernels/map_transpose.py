@@ -19,6 +19,15 @@ def _tile(height, width):
     return block_h, block_w, 8 if size >= 4096 else 4 if size >= 1024 else 2
 
 
+def launch_by_tiles(kernel, args, shape, tile=None):
+    """``kernel(*args, H, W)`` over a (batch, C, H, W) ``shape``: one row of programs per
+    (image, channel) plane, tiles of ``tile`` = (rows, columns, warps), default :func:`_tile`."""
+    batch, channels, height, width = shape
+    block_h, block_w, warps = tile or _tile(height, width)
+    grid = (batch * channels, triton.cdiv(height, block_h), triton.cdiv(width, block_w))
+    kernel[grid](*args, height, width, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=warps)
+
+
 @triton.jit
 def _add_transposed_kernel(a_ptr, t_ptr, out_ptr, H, W, BLOCK_H: tl.constexpr,
                            BLOCK_W: tl.constexpr):
@@ -50,10 +59,7 @@ def transposed(t):
     batch, channels, height, width = t.shape
     out = t.new_empty((batch, channels, width, height))
     if out.numel():
-        block_h, block_w, warps = _tile(height, width)
-        grid = (batch * channels, triton.cdiv(height, block_h), triton.cdiv(width, block_w))
-        _transpose_kernel[grid](t, out, height, width, BLOCK_H=block_h, BLOCK_W=block_w,
-                                num_warps=warps)
+        launch_by_tiles(_transpose_kernel, (t, out), t.shape)
     return out
 
 
@@ -66,10 +72,7 @@ def add_transposed(a, t, out):
                          f'got a {tuple(a.shape)}, t {tuple(t.shape)}, out {tuple(out.shape)}')
     if not (a.is_contiguous() and t.is_contiguous() and out.is_contiguous()):
         raise ValueError('add_transposed: a, t and out must be contiguous')
-    block_h, block_w, warps = _tile(height, width)
-    grid = (batch * channels, triton.cdiv(height, block_h), triton.cdiv(width, block_w))
-    _add_transposed_kernel[grid](a, t, out, height, width, BLOCK_H=block_h, BLOCK_W=block_w,
-                                 num_warps=warps)
+    launch_by_tiles(_add_transposed_kernel, (a, t, out), a.shape)
     return out
 
 

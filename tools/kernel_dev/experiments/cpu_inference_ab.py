@@ -26,6 +26,8 @@ from mmvmamba.models.ss2d import SS2D
 from mmvmamba.models.utils.layers import channel_first
 from stem_conv import median_ms
 
+VARIANTS = ('compiled', 'channel-first-weights', 'channel-first-scan-input')
+
 
 def _channel_first_scan_input(scan_input):
     def call(x):
@@ -50,17 +52,14 @@ def variant(model, backbone, name):
             if isinstance(m, torch.nn.Conv2d):
                 m.weight.data = m.weight.data.contiguous()
     else:
-        raise ValueError(f"variant must be 'compiled', 'channel-first-weights' or "
-                         f"'channel-first-scan-input', got {name!r}")
+        raise ValueError(f'variant must be one of {VARIANTS}, got {name!r}')
     return other
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('config', nargs='?', default='configs/vmamba/vmamba-tiny_8xb128_in1k.py')
-    parser.add_argument('--variant', default='compiled',
-                        choices=['compiled', 'channel-first-weights',
-                                 'channel-first-scan-input'])
+    parser.add_argument('--variant', default='compiled', choices=VARIANTS)
     parser.add_argument('--batch', type=int, nargs='+', default=[1, 8])
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--rounds', type=int, default=5)

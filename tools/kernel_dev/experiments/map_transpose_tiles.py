@@ -28,12 +28,9 @@ def timed(fn):
     return do_bench(fn, warmup=50, rep=300, return_mode='median') * 1e3  # microseconds
 
 
-def launch(kernel, args, shape, side, warps):
-    """``kernel`` over ``shape`` (batch, C, H, W) with square tiles of ``side``."""
-    batch, channels, height, width = shape
-    grid = (batch * channels, triton.cdiv(height, side), triton.cdiv(width, side))
-    return lambda: kernel[grid](*args, height, width, BLOCK_H=side, BLOCK_W=side,
-                                num_warps=warps)
+def tiled(kernel, args, shape, side, warps):
+    """A call of ``kernel`` over ``shape`` with square tiles of ``side`` on ``warps`` warps."""
+    return lambda: mt.launch_by_tiles(kernel, args, shape, (side, side, warps))
 
 
 def report(label, shape, bytes_moved, results):
@@ -62,7 +59,7 @@ def main():
                    ('default', timed(lambda: mt.transposed(t)))]
         for tile_side, warps in tiles:
             out = torch.empty_like(want)
-            fn = launch(mt._transpose_kernel, (t, out), shape, tile_side, warps)
+            fn = tiled(mt._transpose_kernel, (t, out), shape, tile_side, warps)
             fn()
             assert torch.equal(out, want), (tile_side, warps)
             results.append((f'{tile_side}x{warps}', timed(fn)))
@@ -74,7 +71,7 @@ def main():
         results = [('default', timed(lambda: mt.add_transposed(a, u, torch.empty_like(a))))]
         for tile_side, warps in tiles:
             out = torch.empty_like(a)
-            fn = launch(mt._add_transposed_kernel, (a, u, out), shape, tile_side, warps)
+            fn = tiled(mt._add_transposed_kernel, (a, u, out), shape, tile_side, warps)
             fn()
             assert torch.equal(out, want), (tile_side, warps)
             results.append((f'{tile_side}x{warps}', timed(fn)))
