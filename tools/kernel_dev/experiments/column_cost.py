@@ -1,5 +1,5 @@
 """Experiment: cost of the column-major directions in the N=1 forward (timing only, wrong results)."""
-import sys, os
+import sys
 sys.path.insert(0, 'tools/analysis'); sys.path.insert(0, 'tools/kernel_dev')
 import torch, triton, triton.language as tl
 import benchmark_scan as bs

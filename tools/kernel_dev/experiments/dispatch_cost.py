@@ -1,7 +1,7 @@
 """Experiment: CPU cost per call of the LayerNorm2d paths, a bare Triton launch, the scan wrapper."""
 import sys, time
 sys.path.insert(0, 'tools/analysis'); sys.path.insert(0, 'tools/kernel_dev')
-import torch, triton
+import torch
 import vmamba_kernels as vk
 from vmamba_kernels.layernorm2d import layer_norm_2d_triton, _ln2d_fwd_kernel, LayerNorm2dFunction
 import benchmark_scan as bs
