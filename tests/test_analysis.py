@@ -284,6 +284,23 @@ def test_compare_peers_applies_cfg_options_to_vmamba_and_names_them():
     assert not any(m.recompute_act for m in plain[1]().modules() if hasattr(m, 'recompute_act'))
 
 
+def test_compare_peers_refuses_peers_whose_package_is_missing_before_timing(monkeypatch):
+    # a peer's package missing is said before any model is built (the default peers are
+    # mmpretrain's); no peers asked for, nothing is required
+    import importlib.util
+    import compare_peers
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *a: None if name in ('mmpretrain', 'timm') else real(name, *a))
+    with pytest.raises(SystemExit, match=r'--peers swin-tiny convnext-tiny: mmpretrain is not'):
+        compare_peers.models_to_compare(compare_peers.parse_args([DIGITS]))
+    with pytest.raises(SystemExit, match=r'--timm swin_tiny_patch4_window7_224: timm is not'):
+        compare_peers.models_to_compare(compare_peers.parse_args(
+            [DIGITS, '--peers', '--timm', 'swin_tiny_patch4_window7_224']))
+    (label, _), = compare_peers.models_to_compare(compare_peers.parse_args([DIGITS, '--peers']))
+    assert label == 'vmamba-nano'
+
+
 def test_norm_ratios_flags_the_norms_memory_efficient_norm_would_harm(tmp_path, capsys):
     # a whole classifier's checkpoint (mmengine layout, backbone. prefix) and the authors' layout
     # (model key, no prefix): the VSS blocks' norm / norm2 / out_norm are read, nothing else;

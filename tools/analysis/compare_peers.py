@@ -30,6 +30,7 @@ The last column compares each row with the reference's fastest launch for the sa
 and batch (``vs best``), the one before with the reference in the row's own launch mode.
 """
 import argparse
+import importlib.util
 import itertools
 import json
 import os.path as osp
@@ -98,11 +99,18 @@ def build_peer(name):
 
 
 def build_timm(name):
-    try:
-        import timm
-    except ImportError as e:
-        raise SystemExit(f'--timm {name}: timm is not installed ({e})')
+    import timm
     return timm.create_model(name, pretrained=False, num_classes=1000)
+
+
+def check_peer_packages(args):
+    """SystemExit naming the peers asked for whose package (mmpretrain for ``--peers``, timm for
+    ``--timm``) is not installed, before any model is built or timed."""
+    for flag, names, package in (('--peers', args.peers, 'mmpretrain'),
+                                 ('--timm', args.timm, 'timm')):
+        if names and importlib.util.find_spec(package) is None:
+            raise SystemExit(f'{flag} {" ".join(names)}: {package} is not installed; install it '
+                             f'or leave these peers out ({flag} with no names)')
 
 
 # how the labels of :func:`models_to_compare` name the peers (every other label is a VMamba
@@ -112,7 +120,8 @@ PEER_PREFIXES = (MMPRETRAIN_PEER, TIMM_PEER)
 
 
 def models_to_compare(args):
-    """(label, builder) pairs, VMamba's first."""
+    """(label, builder) pairs, VMamba's first (:func:`check_peer_packages` first)."""
+    check_peer_packages(args)
     entries = []
     options = _common.options_label(args.cfg_options)
     for path in args.configs:
