@@ -113,6 +113,20 @@ def wants_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def env_choice(name, choices, default):
+    """The value of environment variable ``name``, one of ``choices`` (a dict of value -> what it
+    means, or a sequence of values), or ``default`` when it is unset or empty; a clear error
+    naming the variable, the values it takes and the value found otherwise."""
+    value = os.environ.get(name, '') or default
+    if value != default and value not in choices:
+        if isinstance(choices, dict):
+            allowed = ', '.join(f'{key} ({meaning})' for key, meaning in choices.items())
+        else:
+            allowed = ', '.join(choices)
+        raise ValueError(f'${name} must be one of {allowed}, got {value!r}')
+    return value
+
+
 def env_int(name, default, what):
     """The integer in environment variable ``name`` (``default`` when unset or empty); a clear
     error naming the variable when it is not an integer (``what`` it counts)."""

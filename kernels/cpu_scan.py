@@ -23,6 +23,7 @@ from typing import Optional
 
 import torch
 
+from .checks import env_choice
 from .compile_ops import opaque_under_compile
 
 __all__ = ['cpu_kernel_available', 'ss2d_scan_cpu', 'ss2d_scan_cpu_compiled', 'MAX_STATE',
@@ -71,7 +72,7 @@ def _build(compiler):
 @functools.lru_cache(maxsize=None)
 def _library():
     """The loaded kernel, or None (with one warning saying why) where it cannot be had."""
-    if os.environ.get(CPU_KERNEL_ENV, '1') == '0':
+    if env_choice(CPU_KERNEL_ENV, {'0': 'off', '1': 'on where it can be built'}, '1') == '0':
         return None
     compiler = os.environ.get('CC') or shutil.which('cc') or shutil.which('gcc')
     try:

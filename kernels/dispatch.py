@@ -6,7 +6,8 @@ from typing import Optional
 
 import torch
 
-from .checks import check_ss2d_inputs, check_tensor, check_triton_inputs, wants_grad
+from .checks import (check_ss2d_inputs, check_tensor, check_triton_inputs, env_choice,
+                     wants_grad)
 
 __all__ = ['BACKENDS', 'BACKEND_ENV', 'resolve_backend', 'ss2d_scan', 'ss2d_scan_triton',
            'ss2d_scan_unfused_triton', 'ss2d_scan_torch', 'layer_norm_2d']
@@ -28,10 +29,9 @@ def resolve_backend(backend: Optional[str], tensor: torch.Tensor) -> str:
     interpreter (``TRITON_INTERPRET=1`` set before triton is imported): it is for tests only.
     """
     if backend is None:
-        backend = os.environ.get(BACKEND_ENV, 'auto') or 'auto'
+        backend = env_choice(BACKEND_ENV, BACKENDS, 'auto')
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS} (argument or ${BACKEND_ENV}), "
-                         f'got {backend!r}')
+        raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     if backend == 'auto':
         return 'triton' if tensor.is_cuda else 'torch'
     if backend == 'triton' and not tensor.is_cuda and os.environ.get('TRITON_INTERPRET') != '1':
@@ -177,9 +177,7 @@ def ss2d_scan_unfused_triton(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, heigh
 def _triton_norm_compiled(x):
     """Whether, inside torch.compile, ``x``'s norm runs the Triton kernels (opaque operators)
     rather than inductor's: ``$VMAMBA_COMPILED_NORM`` (see ``COMPILED_NORMS``)."""
-    mode = os.environ.get(COMPILED_NORM_ENV, '') or 'inductor'
-    if mode not in COMPILED_NORMS:
-        raise ValueError(f'${COMPILED_NORM_ENV} must be one of {COMPILED_NORMS}, got {mode!r}')
+    mode = env_choice(COMPILED_NORM_ENV, COMPILED_NORMS, 'inductor')
     return mode == 'triton' or (mode == 'channel-first' and x.is_contiguous())
 
 

@@ -28,14 +28,13 @@ What else differs, each measured on the H100 (docs/kernels.md):
   ``torch.use_deterministic_algorithms(True)`` it writes the per-block rows and sums them in a
   fixed order (:func:`default_atomic_sums`).
 """
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .checks import env_int, wants_grad
+from .checks import env_choice, env_int, wants_grad
 from .compile_ops import opaque_under_compile
 from .map_transpose import add_transposed, transposed
 from .ss2d_n1_map import launch_backward_map, launch_forward_map, map_fits, map_launch_config
@@ -445,11 +444,9 @@ FP16_SUMS_ENV = 'VMAMBA_SCAN_FP16_SUMS'
 def default_fp16_sums():
     """Whether float16 maps sum the directions in float16 when no ``fp16_sums`` is given:
     ``$VMAMBA_SCAN_FP16_SUMS`` (0 or 1) where set, else :data:`FP16_SUMS`."""
-    value = os.environ.get(FP16_SUMS_ENV, '')
-    if value not in ('', '0', '1'):
-        raise ValueError(f'${FP16_SUMS_ENV} must be 0 (float32 sums) or 1 (float16 sums on '
-                         f'float16 maps), got {value!r}')
-    return FP16_SUMS if value == '' else value == '1'
+    value = env_choice(FP16_SUMS_ENV, {'0': 'float32 sums', '1': 'float16 sums on float16 maps'},
+                       None)
+    return FP16_SUMS if value is None else value == '1'
 
 
 # walks of SPREAD_SUM_ROWS_FROM_LENGTH steps up to (not including) SPREAD_SUM_ROWS_TO_LENGTH add

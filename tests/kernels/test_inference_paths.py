@@ -192,6 +192,21 @@ def test_unavailable_compiler_falls_back_with_one_warning(monkeypatch, tmp_path)
         cpu_scan._library.cache_clear()
 
 
+def test_cpu_kernel_switch_refuses_other_values(monkeypatch):
+    # only 0 turns the C scan off; a value meant as "off" in another spelling is an error naming
+    # the variable, not a kernel silently left on
+    cpu_scan._library.cache_clear()
+    try:
+        monkeypatch.setenv('VMAMBA_CPU_KERNEL', 'false')
+        with pytest.raises(ValueError, match=r"\$VMAMBA_CPU_KERNEL must be one of 0 \(off\), "
+                                             r"1 \(on where it can be built\), got 'false'"):
+            cpu_scan.cpu_kernel_available()
+        monkeypatch.setenv('VMAMBA_CPU_KERNEL', '0')
+        assert not cpu_scan.cpu_kernel_available()
+    finally:
+        cpu_scan._library.cache_clear()
+
+
 def test_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv('VMAMBA_CPU_KERNEL_CACHE', str(tmp_path))
     cpu_scan._library.cache_clear()

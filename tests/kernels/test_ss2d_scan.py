@@ -384,8 +384,11 @@ def test_backend_switch(monkeypatch):
     with pytest.raises(ValueError, match='needs CUDA tensors'):
         vk.resolve_backend(None, x)
     monkeypatch.setenv(vk.BACKEND_ENV, 'cuda')
-    with pytest.raises(ValueError, match="got 'cuda'"):
+    with pytest.raises(ValueError, match=r"\$VMAMBA_SCAN_BACKEND must be one of auto, triton, "
+                                         r"torch, got 'cuda'"):
         vk.resolve_backend(None, x)
+    with pytest.raises(ValueError, match=r"backend must be one of .*, got 'gpu'"):
+        vk.resolve_backend('gpu', x)
 
 
 def test_env_backend_is_used_by_ss2d_scan(monkeypatch):
@@ -607,6 +610,6 @@ def test_fp16_sums_default_and_bad_value(monkeypatch):
         assert ss2d_n1.n1_launch_config(3136, fp16_sums=not expected)[0]['fp16_sums'] is (
             not expected)
     monkeypatch.setenv('VMAMBA_SCAN_FP16_SUMS', 'yes')
-    with pytest.raises(ValueError, match=r"\$VMAMBA_SCAN_FP16_SUMS must be 0 \(float32 sums\) "
-                                         r"or 1 \(float16 sums on float16 maps\), got 'yes'"):
+    with pytest.raises(ValueError, match=r"\$VMAMBA_SCAN_FP16_SUMS must be one of 0 \(float32 "
+                                         r"sums\), 1 \(float16 sums on float16 maps\), got 'yes'"):
         ss2d_n1.n1_launch_config(64)
