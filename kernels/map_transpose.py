@@ -29,12 +29,19 @@ def launch_by_tiles(kernel, args, shape, tile=None):
 
 
 @triton.jit
-def _add_transposed_kernel(a_ptr, t_ptr, out_ptr, H, W, BLOCK_H: tl.constexpr,
-                           BLOCK_W: tl.constexpr):
-    plane = tl.program_id(0).to(tl.int64) * H * W  # one (image, channel) map per row of programs
+def _program_tile(H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This program's tile of the grid of :func:`launch_by_tiles`: the offset of its (image,
+    channel) plane, its rows h and columns w in the (H, W) map, and which of them lie inside."""
+    plane = tl.program_id(0).to(tl.int64) * H * W
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     w = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
-    mask = (h[:, None] < H) & (w[None, :] < W)
+    return plane, h, w, (h[:, None] < H) & (w[None, :] < W)
+
+
+@triton.jit
+def _add_transposed_kernel(a_ptr, t_ptr, out_ptr, H, W, BLOCK_H: tl.constexpr,
+                           BLOCK_W: tl.constexpr):
+    plane, h, w, mask = _program_tile(H, W, BLOCK_H, BLOCK_W)
     row_major = plane + h[:, None] * W + w[None, :]
     a = tl.load(a_ptr + row_major, mask=mask, other=0.).to(tl.float32)
     t = tl.load(t_ptr + plane + w[None, :] * H + h[:, None], mask=mask, other=0.).to(tl.float32)
@@ -43,10 +50,7 @@ def _add_transposed_kernel(a_ptr, t_ptr, out_ptr, H, W, BLOCK_H: tl.constexpr,
 
 @triton.jit
 def _transpose_kernel(t_ptr, out_ptr, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    plane = tl.program_id(0).to(tl.int64) * H * W  # one (image, channel) map per row of programs
-    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    w = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
-    mask = (h[:, None] < H) & (w[None, :] < W)
+    plane, h, w, mask = _program_tile(H, W, BLOCK_H, BLOCK_W)
     v = tl.load(t_ptr + plane + h[:, None] * W + w[None, :], mask=mask)
     tl.store(out_ptr + plane + w[None, :] * H + h[:, None], v, mask=mask)
 

@@ -475,10 +475,14 @@ def test_auto_segments_reach_the_programs_asked_for(monkeypatch):
     assert {n_segments for _, _, n_segments in launches} == {3}  # 36 steps: 3 chunks of 16
 
 
-@pytest.mark.parametrize('shape,dtype', [((2, 3, 5, 7), torch.float16), ((1, 2, 33, 40),
-                                                                          torch.bfloat16),
-                                         ((2, 1, 36, 3), torch.float32),
-                                         ((1, 2, 1, 130), torch.float16)])
+# maps for the transposes by tiles: one tile, several with partial edges (tiles of 16 to 64 a
+# side), non-square, one row, one 64-row tile with a column of tiles past it
+TRANSPOSE_MAPS = [((2, 3, 5, 7), torch.float16), ((1, 2, 33, 40), torch.bfloat16),
+                  ((2, 1, 36, 3), torch.float32), ((1, 1, 64, 65), torch.float16),
+                  ((1, 2, 1, 130), torch.float16)]
+
+
+@pytest.mark.parametrize('shape,dtype', TRANSPOSE_MAPS)
 def test_add_transposed_against_torch(shape, dtype):
     # the backward's dx: the rows' float32 map plus the columns' transposed one, cast in the same
     # pass: within one output ulp of the float64 sum, and bitwise torch's float32 sum rounded
@@ -501,11 +505,7 @@ def test_add_transposed_against_torch(shape, dtype):
         add_transposed(torch.zeros(2, 3, 5, 7), torch.zeros(2, 3, 5, 7), torch.zeros(2, 3, 5, 7))
 
 
-@pytest.mark.parametrize('shape,dtype', [((2, 3, 5, 7), torch.float16), ((1, 2, 33, 40),
-                                                                          torch.bfloat16),
-                                         ((2, 1, 36, 3), torch.float32), ((1, 1, 64, 65),
-                                                                          torch.float16),
-                                         ((1, 2, 1, 130), torch.float16)])
+@pytest.mark.parametrize('shape,dtype', TRANSPOSE_MAPS)
 def test_transposed_copy_against_torch(shape, dtype):
     # the column walks' copy of x / dy: bitwise torch's transposed contiguous copy (values are
     # moved, never computed), on maps of one tile, of several with partial edges, non-square,
