@@ -72,28 +72,29 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(states).expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
-    def _scan_input(self, x):
+    def _scan_input(self, x, backend):
         """in_proj -> depthwise conv -> SiLU: the scan's input, channel-first and contiguous as
         the Triton kernels and the differentiable path read it (a channels-last convolution
         output is copied once, its gradient copied back: :func:`channel_first`), or in the
         layout it has where the torch path runs without gradients (the CPU's C scan reads
         channels-last rows, which a copy to channel-first would only have to undo), and the
-        gate z (None without gate)."""
+        gate z (None without gate). ``backend``: the scan's, resolved."""
         x = self.in_proj(x)
         z = None
         if self.gate:
             x, z = x.chunk(2, dim=1)
         x = self.act(self.conv2d(x))
-        if wants_grad(x) or resolve_backend(self.scan_backend, x) != 'torch':
+        if wants_grad(x) or backend != 'torch':
             x = channel_first(x)
         return x, z
 
     def forward(self, x):
+        backend = resolve_backend(self.scan_backend, x)  # once per call: it reads the environment
         if self.recompute_input:
-            x, z = run_recomputed(self._scan_input, x, [x, *self.in_proj.parameters(),
-                                                        *self.conv2d.parameters()])
+            x, z = run_recomputed(lambda t: self._scan_input(t, backend), x,
+                                  [x, *self.in_proj.parameters(), *self.conv2d.parameters()])
         else:
-            x, z = self._scan_input(x)
+            x, z = self._scan_input(x, backend)
         batch, channels, height, width = x.shape
         # the x projection of all directions as one batched GEMM on x as it is: autograd then
         # keeps x itself for the weight's gradient (the storage the scan keeps too), where an
@@ -108,7 +109,7 @@ class SS2D(nn.Module):
         y = ss2d_scan(x, dt_low.contiguous(), self.dt_projs_weight.float(),
                       self.dt_projs_bias.float(), -torch.exp(self.A_logs.float()),
                       Bs.contiguous(), Cs.contiguous(), self.Ds.float(),
-                      backend=self.scan_backend, out_dtype=x.dtype)
+                      backend=backend, out_dtype=x.dtype)
         y = self.out_norm(y)
         if self.gate:
             y = y * F.silu(z)

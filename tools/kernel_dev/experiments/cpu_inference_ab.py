@@ -30,8 +30,8 @@ VARIANTS = ('compiled', 'channel-first-weights', 'channel-first-scan-input')
 
 
 def _channel_first_scan_input(scan_input):
-    def call(x):
-        x, z = scan_input(x)
+    def call(x, backend):
+        x, z = scan_input(x, backend)
         return channel_first(x), z
     return call
 
