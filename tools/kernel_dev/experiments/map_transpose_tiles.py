@@ -68,7 +68,10 @@ def main():
         # add_transposed(a, u, out): a (batch, C, H, W) plus u (batch, C, W, H) transposed
         a, u = torch.randn_like(t), torch.randn_like(want)
         want = mt.add_transposed_reference(a, u, torch.float16)
-        results = [('default', timed(lambda: mt.add_transposed(a, u, torch.empty_like(a))))]
+        # (every variant writes into an output made beforehand, the default's checked too)
+        out = torch.empty_like(a)
+        assert torch.equal(mt.add_transposed(a, u, out), want)
+        results = [('default', timed(lambda: mt.add_transposed(a, u, out)))]
         for tile_side, warps in tiles:
             out = torch.empty_like(a)
             fn = tiled(mt._add_transposed_kernel, (a, u, out), shape, tile_side, warps)
