@@ -5,8 +5,8 @@ with one channel per row of its (BLOCK_C, BLOCK_L) tile, so every column step re
 element per 32-byte sector (ncu: the stage-3 forward at ~80% of L2 throughput), and its reversed
 directions pay for ``reverse=True`` scans. On a (batch, L, C) map every step of every direction
 is one contiguous row of channels: the column and reversed walks only change which rows a chunk
-gathers. Here a program takes BLOCK_C channels of one image, tiles of (T steps, BLOCK_C
-channels) scanned along the steps, and delta's pre-activation comes from one GEMM before the
+gathers. Here a program takes BLOCK_C channels of one image, tiles of (BLOCK_C channels, T
+steps) scanned along the steps, and delta's pre-activation comes from one GEMM before the
 launch as (batch, 4, L, C) in map order (as the chunked kernel's ``project_first`` path, but
 transposed), so nothing is reordered for the column directions. A stage-1 version of this idea
 (``seq_scan.py``, projection inside, 2026-11-25) had too few programs at 56 x 56 to fill the
@@ -40,23 +40,32 @@ from vmamba_kernels.triton_math import _combine, _combine_grad, _softplus  # noq
 
 
 @triton.jit
+def _channels(pid_c, CS, BLOCK_C: tl.constexpr):
+    """This program's channels, times CS (1 at run time, not specialised): the compiler then
+    cannot prove the channels contiguous, so it does not give each thread a vector of 8
+    channels with the steps across lanes and warps (the scans along the steps then cross
+    threads and warps) but lays the (channels, steps) tile out along its first axis."""
+    return (pid_c * BLOCK_C + tl.arange(0, BLOCK_C)) * CS
+
+
+@triton.jit
 def _cl_chunk(x_base, pre_base, bs_base, cs_base, A, bias, j, K, c, cm, lt, CH, H, W, L,
               T: tl.constexpr):
-    """Chunk j of direction K's walk as a (T steps, channels) tile in walk order: the step
+    """Chunk j of direction K's walk as a (channels, T steps) tile in walk order: the step
     mask, map offsets s, u, delta's pre-activation (with bias), B, C rows, delta, decay."""
     i = j * T + lt
     valid = i < L
     t = tl.where(K >= 2, L - 1 - i, i)
     s = tl.where(K % 2 == 1, (t % H) * W + t // H, t)
     s = tl.where(valid, s, 0)
-    m2 = valid[:, None] & cm[None, :]
-    offs = s[:, None] * CH + c[None, :]
+    m2 = cm[:, None] & valid[None, :]
+    offs = c[:, None] + s[None, :] * CH  # c: see _channels
     u = tl.load(x_base + offs, mask=m2, other=0.).to(tl.float32)
-    pre = tl.load(pre_base + offs, mask=m2, other=0.).to(tl.float32) + bias[None, :]
+    pre = tl.load(pre_base + offs, mask=m2, other=0.).to(tl.float32) + bias[:, None]
     bv = tl.load(bs_base + s, mask=valid, other=0.).to(tl.float32)
     cv = tl.load(cs_base + s, mask=valid, other=0.).to(tl.float32)
     delta = _softplus(pre)
-    decay = tl.where(valid[:, None], tl.exp(delta * A[None, :]), 1.0)
+    decay = tl.where(valid[None, :], tl.exp(delta * A[:, None]), 1.0)
     return valid, s, m2, offs, u, pre, bv, cv, delta, decay
 
 
@@ -84,10 +93,10 @@ def _cl_direction(x_base, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_base,
             x_base, pre_base, bs_base, cs_base, A, bias, j, K, c, cm, lt, CH, H, W, L, T)
         if SAVE:
             tl.store(hs_base + j * CH, h, mask=cm)
-        prod, states = tl.associative_scan((decay, delta * u * bv[:, None]), 0, _combine)
-        states += prod * h[None, :]
-        h = tl.sum(tl.where(lt[:, None] == T - 1, states, 0.), 0)
-        yv = states * cv[:, None] + Dk[None, :] * u
+        prod, states = tl.associative_scan((decay, delta * u * bv[None, :]), 1, _combine)
+        states += prod * h[:, None]
+        h = tl.sum(tl.where(lt[None, :] == T - 1, states, 0.), 1)
+        yv = states * cv[None, :] + Dk[:, None] * u
         if ATOMIC:
             tl.atomic_add(y_base + offs, yv, mask=m2, sem='relaxed')
         else:
@@ -99,13 +108,13 @@ def _cl_direction(x_base, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_base,
                 tl.store(y_base + offs, yv, mask=m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['CS'])
 def _cl_fwd_kernel(x_ptr, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, yo_ptr, hs_ptr,
-                   CH, H, W, L, DIRS: tl.constexpr, SAVE: tl.constexpr, BLOCK_C: tl.constexpr,
+                   CH, H, W, L, CS, DIRS: tl.constexpr, SAVE: tl.constexpr, BLOCK_C: tl.constexpr,
                    T: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = _channels(pid_c, CS, BLOCK_C)
     cm = c < CH
     lt = tl.arange(0, T)
     x_base = x_ptr + b * L * CH
@@ -131,7 +140,7 @@ def _cl_bwd_direction(x_base, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_
                       K, c, cm, lt, CH, H, W, L, FIRST: tl.constexpr, LAST: tl.constexpr,
                       BLOCK_C: tl.constexpr, T: tl.constexpr):
     """Direction K of the backward, chunks last to first in walk order (the chunked kernel's
-    recurrences, :func:`kernels.ss2d_n1._bwd_direction`, on (steps, channels) tiles): dx added
+    recurrences, :func:`kernels.ss2d_n1._bwd_direction`, on channels-last maps): dx added
     over the directions (LAST writes it in dxo's dtype), d(pre-activation) per direction, dB /
     dC summed over channels with float32 atomics, dA / d bias / dD per image."""
     kc = K * CH + c
@@ -153,27 +162,27 @@ def _cl_bwd_direction(x_base, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_
         valid, s, m2, offs, u, pre, bv, cv, delta, decay = _cl_chunk(
             x_base, pre_base, bs_base, cs_base, A, bias, j, K, c, cm, lt, CH, H, W, L, T)
         dy = tl.load(dy_base + offs, mask=m2, other=0.).to(tl.float32)
-        one = tl.full((T, BLOCK_C), 1.0, tl.float32)
-        g, gain, _ = tl.associative_scan((cv[:, None] * dy, one, decay), 0, _combine_grad,
+        one = tl.full((BLOCK_C, T), 1.0, tl.float32)
+        g, gain, _ = tl.associative_scan((cv[None, :] * dy, one, decay), 1, _combine_grad,
                                          reverse=True)
-        g = g + gain * carry[None, :]
-        carry = tl.sum(tl.where(lt[:, None] == 0, decay * g, 0.), 0)
+        g = g + gain * carry[:, None]
+        carry = tl.sum(tl.where(lt[None, :] == 0, decay * g, 0.), 1)
         du_in = delta * u
-        inp = du_in * bv[:, None]
+        inp = du_in * bv[None, :]
         h0 = tl.load(hs_base + j * CH, mask=cm, other=0.)
-        prod, states = tl.associative_scan((decay, inp), 0, _combine)
-        states = states + prod * h0[None, :]
+        prod, states = tl.associative_scan((decay, inp), 1, _combine)
+        states = states + prod * h0[:, None]
         carried = states - inp  # decay_t * h_{t-1}
-        gb = g * bv[:, None]
-        du = gb * delta + Dk[None, :] * dy
-        dD_acc += tl.sum(dy * u, 0)
-        ddelta = g * A[None, :] * carried + gb * u
+        gb = g * bv[None, :]
+        du = gb * delta + Dk[:, None] * dy
+        dD_acc += tl.sum(dy * u, 1)
+        ddelta = g * A[:, None] * carried + gb * u
         dpre = tl.where(m2, ddelta / (1.0 + tl.exp(-pre)), 0.)
-        dA_acc += tl.sum(g * delta * carried, 0)
-        dbias_acc += tl.sum(dpre, 0)
+        dA_acc += tl.sum(g * delta * carried, 1)
+        dbias_acc += tl.sum(dpre, 1)
         row = (b * 4 + K) * L + s
-        tl.atomic_add(dB_ptr + row, tl.sum(g * du_in, 1), mask=valid, sem='relaxed')
-        tl.atomic_add(dC_ptr + row, tl.sum(states * dy, 1), mask=valid, sem='relaxed')
+        tl.atomic_add(dB_ptr + row, tl.sum(g * du_in, 0), mask=valid, sem='relaxed')
+        tl.atomic_add(dC_ptr + row, tl.sum(states * dy, 0), mask=valid, sem='relaxed')
         if not FIRST:
             du += tl.load(dx_base + offs, mask=m2, other=0.)
         if LAST:
@@ -187,13 +196,13 @@ def _cl_bwd_direction(x_base, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_
     tl.store(dD_ptr + part, dD_acc, mask=cm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['CS'])
 def _cl_bwd_kernel(x_ptr, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr, dy_ptr, dx_ptr,
-                   dxo_ptr, dpre_ptr, dA_ptr, dbias_ptr, dD_ptr, dB_ptr, dC_ptr, CH, H, W, L,
+                   dxo_ptr, dpre_ptr, dA_ptr, dbias_ptr, dD_ptr, dB_ptr, dC_ptr, CH, H, W, L, CS,
                    BLOCK_C: tl.constexpr, T: tl.constexpr):
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = _channels(pid_c, CS, BLOCK_C)
     cm = c < CH
     lt = tl.arange(0, T)
     base = b * L * CH
@@ -230,7 +239,7 @@ def cl_forward(inp, x_cl, size, dirs, block_c, t, num_warps, save=False):
         acc = out = torch.zeros(batch, length, ch, device=x_cl.device, dtype=torch.float32)
     grid = (triton.cdiv(ch, block_c), batch, 4 // dirs)
     _cl_fwd_kernel[grid](x_cl, pre, inp['dt_bias'], inp['A'], inp['Bs'], inp['Cs'], inp['D'], acc,
-                         out, states, ch, size, size, length, DIRS=dirs, SAVE=save,
+                         out, states, ch, size, size, length, 1, DIRS=dirs, SAVE=save,
                          BLOCK_C=block_c, T=t, num_warps=num_warps)
     return (out, pre, states) if save else out
 
@@ -249,7 +258,7 @@ def cl_forward_backward(inp, x_cl, dy_cl, size, block_c, t, num_warps):
     dB, dC = (torch.zeros(batch, 4, length, **f32) for _ in range(2))
     _cl_bwd_kernel[(triton.cdiv(ch, block_c), batch)](
         x_cl, pre, inp['dt_bias'], inp['A'], inp['Bs'], inp['Cs'], inp['D'], states, dy_cl, acc,
-        dx, dpre, dA, dbias, dD, dB, dC, ch, size, size, length, BLOCK_C=block_c, T=t,
+        dx, dpre, dA, dbias, dD, dB, dC, ch, size, size, length, 1, BLOCK_C=block_c, T=t,
         num_warps=num_warps)
     w = inp['dt_weight'].to(dpre.dtype)  # (4, C, R)
     ddtl = torch.matmul(dpre, w).transpose(2, 3)  # (batch, 4, R, L)
@@ -277,17 +286,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--check-only', action='store_true')
     parser.add_argument('--batch', type=int, default=128)
-    parser.add_argument('--shapes', nargs='+', default=['14x384x24', '7x768x48', '14x512x32',
-                                                         '28x192x12'],
-                        help='SIZExCHANNELSxRANK (VMamba-T stages 3, 4, B stage 3, T stage 2)')
+    parser.add_argument('--shapes', nargs='+', default=['14x384x24', '7x768x48', '14x512x32'],
+                        help='SIZExCHANNELSxRANK (VMamba-T stages 3, 4, B stage 3)')
     parser.add_argument('--configs', nargs='+',
-                        default=['4x32x16x1', '4x32x32x1', '4x64x16x2', '4x64x32x2', '4x128x16x4',
-                                 '4x128x32x4', '4x128x8x4', '4x256x8x8', '1x32x32x1',
-                                 '1x64x16x2', '1x128x16x4'],
+                        default=['4x32x4x1', '4x32x8x1', '4x32x16x1', '4x64x8x2', '4x128x4x4',
+                                 '4x128x8x4', '4x128x16x4', '1x32x8x1', '1x128x8x4'],
                         help='forward: DIRSxBLOCK_CxTxWARPS')
     parser.add_argument('--bwd-configs', nargs='+',
-                        default=['32x16x1', '32x32x1', '64x16x2', '64x32x2', '128x8x4',
-                                 '128x16x4'],
+                        default=['32x4x1', '32x8x1', '32x16x1', '64x8x2', '128x4x4', '128x8x4'],
                         help='forward + backward: BLOCK_CxTxWARPS')
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
