@@ -98,10 +98,13 @@ def check_contiguous(named):
 
 
 def check_triton_inputs(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D):
-    """What the Triton path needs beyond :func:`check_ss2d_inputs`: contiguous tensors, no
+    """What the Triton path needs beyond :func:`check_ss2d_inputs`: contiguous tensors (x may
+    be stored channels-last: the channels-last kernels read it so, the others copy it), no
     float64."""
-    check_contiguous((('x', x), ('dt_low', dt_low), ('dt_weight', dt_weight),
-                      ('dt_bias', dt_bias), ('A', A), ('Bs', Bs), ('Cs', Cs), ('D', D)))
+    if not x.is_contiguous(memory_format=torch.channels_last):  # read as it is, or copied
+        check_contiguous((('x', x), ))
+    check_contiguous((('dt_low', dt_low), ('dt_weight', dt_weight), ('dt_bias', dt_bias),
+                      ('A', A), ('Bs', Bs), ('Cs', Cs), ('D', D)))
     if x.dtype == torch.float64:
         raise TypeError('the Triton path takes float32/bfloat16/float16 x, got float64; use '
                         "backend='torch' for float64")

@@ -156,7 +156,7 @@ def ss2d_scan_triton(x: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Ten
     if unknown:
         raise TypeError(f'{unknown} apply to d_state 1 only (the kernels of ss2d_n1.py); with '
                         f'd_state {A.shape[1]} the options are {sorted(general)}')
-    y = ss2d_scan_general(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, **config)
+    y = ss2d_scan_general(x.contiguous(), dt_low, dt_weight, dt_bias, A, Bs, Cs, D, **config)
     return y if out_dtype is None else y.to(out_dtype)
 
 

@@ -37,6 +37,7 @@ import triton.language as tl
 from .checks import env_choice, env_int, wants_grad
 from .compile_ops import opaque_under_compile
 from .map_transpose import add_transposed, transposed
+from .ss2d_n1_cl import channels_last_scan, ss2d_scan_n1_channels_last
 from .ss2d_n1_map import launch_backward_map, launch_forward_map, map_fits, map_launch_config
 from .triton_math import _channel_params, _combine, _combine_grad, _softplus
 
@@ -850,7 +851,7 @@ PROJECT_FROM_RANK = 16
 
 def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_columns=None,
                  project_first=None, whole_map=None, map_block_c=None, map_num_warps=None,
-                 out_dtype=None, **tiles):
+                 out_dtype=None, channels_last=None, **tiles):
     """Fused SS2D core for d_state = 1 (inputs as :func:`vmamba_kernels.ss2d_scan`, already
     checked; ``tiles`` as :func:`n1_launch_config`).
 
@@ -888,10 +889,23 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     (forward) or carried gradient (backward) a pre-pass finds entering each: for launches with
     too few programs to fill the GPU (large maps, small batches). None: :func:`auto_segments`
     (off unless ``$VMAMBA_SCAN_SEGMENT_PROGRAMS`` is set).
+
+    ``channels_last`` True runs the kernels of ``ss2d_n1_cl.py`` on the map stored
+    channels-last (``tiles``: theirs, :func:`ss2d_n1_cl.cl_launch_config`) and returns y stored
+    channels-last; None: as ``$VMAMBA_SCAN_CHANNELS_LAST`` says for this map
+    (:func:`ss2d_n1_cl.channels_last_scan`, off by default) when no option of the other kernels
+    is given. The other kernels read x channel-first (a channels-last x is copied).
     """
     height, width = x.shape[2], x.shape[3]
     length = height * width
     out_x = out_dtype is not None and out_dtype != torch.float32  # (checked: x's dtype)
+    if channels_last is None:
+        others = (transpose_columns, project_first, whole_map, map_block_c, map_num_warps)
+        channels_last = all(v is None for v in others) and channels_last_scan(height, width)
+    if channels_last:
+        return ss2d_scan_n1_channels_last(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, out_x,
+                                          **tiles)
+    x = x.contiguous()
     cfg, bwd_cfg = n1_launch_config(length, **tiles)
     if project_first is None:
         project_first = dt_weight.shape[2] >= PROJECT_FROM_RANK

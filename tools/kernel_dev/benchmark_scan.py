@@ -86,7 +86,7 @@ def sweep(args, dev):
             else:
                 config = dict(zip(('block_c', 'block_l', 'num_warps', 'bwd_block_c',
                                    'bwd_num_warps', 'transpose_columns'), values))
-            for flag in ('transpose_columns', 'whole_map', 'project_first'):
+            for flag in ('transpose_columns', 'whole_map', 'project_first', 'channels_last'):
                 if flag in config:
                     config[flag] = bool(config[flag])
             fn = fused_with(config, _out_dtype(args, inp))
