@@ -13,7 +13,8 @@ from OpenMMLab. Public entry points (routing in ``dispatch.py``):
   pieces (mamba-ssm semantics).
 
 Modules: ``ss2d_n1.py`` (Triton, d_state 1, chunked), ``ss2d_n1_map.py`` (Triton, d_state 1,
-whole small maps per program; opt-in), ``ss2d_triton.py`` (Triton, any d_state),
+whole small maps per program; opt-in), ``ss2d_n1_cl.py`` (Triton, d_state 1, channels-last
+maps; opt-in, :func:`channels_last_scan` says where), ``ss2d_triton.py`` (Triton, any d_state),
 ``triton_math.py`` (device functions both use), ``layernorm2d.py``, ``compile_ops.py`` (every
 launch a ``torch.library`` custom op under ``torch.compile``), ``ss2d_grid.py`` and
 ``reference.py`` (torch), ``checks.py`` (input validation).
@@ -24,10 +25,11 @@ from .dispatch import (BACKEND_ENV, BACKENDS, layer_norm_2d, resolve_backend, ss
 from .reference import (cross_merge, cross_scan, scan_orders, selective_scan_torch,
                         ss2d_scan_chunked, to_scan_order)
 from .ss2d_grid import scan_lines, ss2d_scan_grid
+from .ss2d_n1_cl import channels_last_scan
 
 __all__ = [
     'ss2d_scan', 'ss2d_scan_torch', 'ss2d_scan_triton', 'ss2d_scan_unfused_triton',
     'ss2d_scan_grid', 'ss2d_scan_chunked', 'scan_lines', 'selective_scan_torch', 'cross_scan',
     'cross_merge', 'scan_orders', 'to_scan_order', 'resolve_backend', 'BACKENDS', 'BACKEND_ENV',
-    'layer_norm_2d', 'check_tensor'
+    'layer_norm_2d', 'check_tensor', 'channels_last_scan'
 ]

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vmamba_kernels import resolve_backend, ss2d_scan
+from vmamba_kernels import channels_last_scan, resolve_backend, ss2d_scan
 from vmamba_kernels.checks import wants_grad
 
 from .utils.layers import LayerNorm2d, Linear2d, channel_first
@@ -78,15 +78,23 @@ class SS2D(nn.Module):
         output is copied once, its gradient copied back: :func:`channel_first`), or in the
         layout it has where the torch path runs without gradients (the CPU's C scan reads
         channels-last rows, which a copy to channel-first would only have to undo), and the
-        gate z (None without gate). ``backend``: the scan's, resolved."""
+        gate z (None without gate). ``backend``: the scan's, resolved. The Triton kernels that
+        read channels-last maps get the map as it is (:meth:`_scan_reads_channels_last`)."""
         x = self.in_proj(x)
         z = None
         if self.gate:
             x, z = x.chunk(2, dim=1)
         x = self.act(self.conv2d(x))
-        if wants_grad(x) or backend != 'torch':
+        if (wants_grad(x) or backend != 'torch') and not self._scan_reads_channels_last(
+                x, backend):
             x = channel_first(x)
         return x, z
+
+    def _scan_reads_channels_last(self, x, backend):
+        """Whether the scan reads x stored channels-last (the Triton kernels of
+        ``vmamba_kernels.ss2d_n1_cl``, opt-in by ``$VMAMBA_SCAN_CHANNELS_LAST``): then the map
+        is handed over as the convolution left it."""
+        return backend == 'triton' and self.d_state == 1 and channels_last_scan(*x.shape[2:])
 
     def forward(self, x):
         backend = resolve_backend(self.scan_backend, x)  # once per call: it reads the environment

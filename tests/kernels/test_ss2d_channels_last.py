@@ -1,0 +1,133 @@
+"""The d_state 1 kernels on channels-last maps (``kernels/ss2d_n1_cl.py``, interpreter on CPU)
+against the float64 step-by-step reference and the chunked kernels: maps of every shape class,
+tiles, half inputs, x stored either way, torch.compile, the switch that routes to them and bad
+tiles."""
+import pytest
+import torch
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
+
+from vmamba_kernels import ss2d_n1, ss2d_n1_cl
+
+from .test_ss2d_scan import (PARAMS, check_against_reference, forward_and_grads, make_inputs,
+                             rel_err)
+
+
+def channels_last(**options):
+    return lambda **kw: ss2d_n1.ss2d_scan_n1(**kw, channels_last=True, **options)  # noqa: E731
+
+
+# (batch, channels, H, W, rank): non-square maps walked by columns, a single row or column, a
+# single pixel, channel counts that leave the last block part-filled, a rank >= 16
+SHAPES = [(2, 5, 3, 7, 3), (1, 9, 6, 5, 2), (1, 3, 1, 9, 2), (2, 4, 9, 1, 1), (2, 3, 1, 1, 2),
+          (1, 33, 4, 4, 16)]
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_channels_last_matches_float64_reference(shape):
+    check_against_reference(channels_last(), make_inputs(*shape, 1), 1e-5)
+
+
+@pytest.mark.parametrize('tiles', [dict(block_l=2), dict(block_l=16, block_c=4),
+                                   dict(bwd_block_c=8, bwd_num_warps=2, num_warps=2)])
+def test_channels_last_tiles(tiles):
+    # chunks shorter and longer than the walk, channel blocks over and under the channels
+    check_against_reference(channels_last(**tiles), make_inputs(2, 7, 5, 6, 3, 1), 1e-5)
+
+
+def test_channels_last_without_d_equals_chunked_kernels():
+    inputs = make_inputs(1, 5, 4, 6, 2, 1)
+    del inputs['D']
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    y, g = forward_and_grads(channels_last(), inputs, grad_out)
+    y_chunked, g_chunked = forward_and_grads(
+        lambda **kw: ss2d_n1.ss2d_scan_n1(**kw, channels_last=False), inputs, grad_out)
+    assert rel_err(y, y_chunked) <= 1e-6
+    for name in inputs:
+        assert rel_err(g[name], g_chunked[name]) <= 1e-5, name
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_channels_last_half_inputs_and_output_in_the_maps_dtype(dtype):
+    half = {'x', 'dt_low', 'Bs', 'Cs'}
+    inputs = {k: v.to(dtype) if k in half else v
+              for k, v in make_inputs(2, 6, 5, 7, 16, 1).items()}
+    check_against_reference(channels_last(), inputs, 1e-2)
+    with torch.no_grad():
+        y = ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True, out_dtype=dtype)
+        y32 = ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True)
+    assert y.dtype == dtype and y.shape == inputs['x'].shape and y32.dtype == torch.float32
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    # the float32 sum rounded once (to within one ulp: the interpreter's casts truncate)
+    assert ((y.float() - y32).abs() <= y32.abs() * torch.finfo(dtype).eps + 1e-30).all()
+
+
+def test_channels_last_reads_x_stored_either_way():
+    # a channels-last x is read in place, a channel-first one copied: the same result; y is
+    # stored channels-last either way, and so is dx for a channels-last x
+    inputs = make_inputs(2, 6, 4, 5, 3, 1)
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    y, g = forward_and_grads(channels_last(), inputs, grad_out)
+    stored = dict(inputs, x=inputs['x'].contiguous(memory_format=torch.channels_last))
+    y_cl, g_cl = forward_and_grads(channels_last(), stored, grad_out)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    assert torch.equal(y, y_cl)
+    assert g_cl['x'].is_contiguous(memory_format=torch.channels_last)
+    for name in PARAMS:
+        assert torch.equal(g[name], g_cl[name]), name
+
+
+def test_channels_last_under_torch_compile_matches_eager():
+    torch._dynamo.reset()
+    inputs = make_inputs(1, 4, 5, 6, 2, 1)
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    graphs = []
+
+    def keep(gm, _):  # AOTAutograd's forward and backward graphs, run as traced
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    compiled = torch.compile(channels_last(), fullgraph=True,
+                             backend=aot_autograd(fw_compiler=keep, bw_compiler=keep))
+    y, g = forward_and_grads(compiled, inputs, grad_out)
+    y_eager, g_eager = forward_and_grads(channels_last(), inputs, grad_out)
+    targets = {str(node.target) for gm in graphs for node in gm.graph.nodes}
+    assert any('ss2d_n1_cl_fwd' in t for t in targets)
+    assert any('ss2d_n1_cl_bwd' in t for t in targets)
+    assert rel_err(y, y_eager) <= 1e-6
+    for name in PARAMS:
+        assert rel_err(g[name], g_eager[name]) <= 1e-6, name
+
+
+@pytest.mark.parametrize('mode,size,options,expected', [
+    (None, 5, {}, False), ('0', 5, {}, False), ('small', 5, {}, True), ('small', 23, {}, False),
+    ('all', 23, {}, True), ('all', 5, dict(block_l=16), True),
+    ('all', 5, dict(transpose_columns=False), False), ('all', 5, dict(whole_map=True), False)])
+def test_switch_routes_to_channels_last_kernels(mode, size, options, expected, monkeypatch):
+    # '$VMAMBA_SCAN_CHANNELS_LAST': off by default, 'small' below 512 positions (23 x 23 is 529),
+    # 'all' every map; an option of the other kernels keeps them
+    if mode is None:
+        monkeypatch.delenv(ss2d_n1_cl.CHANNELS_LAST_ENV, raising=False)
+    else:
+        monkeypatch.setenv(ss2d_n1_cl.CHANNELS_LAST_ENV, mode)
+    calls = []
+    monkeypatch.setattr(ss2d_n1, 'ss2d_scan_n1_channels_last',
+                        lambda *args, **kw: calls.append(kw) or args[0])
+    monkeypatch.setattr(ss2d_n1.SS2DScanN1Function, 'apply', lambda *args: args[0])
+    inputs = make_inputs(1, 2, size, size, 2, 1)
+    with torch.no_grad():
+        ss2d_n1.ss2d_scan_n1(**inputs, **options)
+    assert bool(calls) == expected
+    assert ss2d_n1_cl.channels_last_scan(size, size) == (mode in ('small', 'all') and
+                                                         (mode == 'all' or size < 20))
+
+
+def test_bad_switch_value_and_tiles(monkeypatch):
+    monkeypatch.setenv(ss2d_n1_cl.CHANNELS_LAST_ENV, '1')
+    with pytest.raises(ValueError, match="VMAMBA_SCAN_CHANNELS_LAST must be one of 0 .*got '1'"):
+        ss2d_n1_cl.channels_last_scan(14, 14)
+    inputs = make_inputs(1, 2, 3, 3, 2, 1)
+    with pytest.raises(ValueError, match='block_l must be a power of two, got 3'):
+        ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True, block_l=3)
+    with pytest.raises(TypeError, match='segments'):
+        ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True, segments=2)
