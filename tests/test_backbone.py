@@ -223,6 +223,34 @@ def test_ss2d_hands_the_cpu_inference_scan_the_map_as_the_convolution_left_it(ba
     assert torch.allclose(y_inference, y_train, rtol=1e-5, atol=1e-6)
 
 
+def test_ss2d_hands_the_channels_last_kernels_the_map_as_it_is(monkeypatch):
+    # with the channels-last kernels switched on, the Triton scan gets the SiLU output as the
+    # convolution left it (channels-last, no copy) and returns y channels-last; the block's
+    # output and gradients equal those with the chunked kernels
+    import mmvmamba.models.ss2d as ss2d_module
+    torch.manual_seed(0)
+    op = ss2d_module.SS2D(8, scan_backend='triton')
+    x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    results = {}
+    for mode in ('0', 'small'):
+        monkeypatch.setenv('VMAMBA_SCAN_CHANNELS_LAST', mode)
+        scanned = _record_scan_inputs(monkeypatch)
+        leaf = x.clone().requires_grad_(True)
+        y = op(leaf)
+        y.backward(torch.ones_like(y))
+        results[mode] = (y.detach(), leaf.grad, [p.grad.clone() for p in op.parameters()])
+        op.zero_grad()
+        (map_in, _), = scanned
+        monkeypatch.undo()
+        assert map_in.is_contiguous(memory_format=torch.channels_last) == (mode == 'small')
+        assert map_in.is_contiguous() == (mode == '0')
+    (y0, dx0, grads0), (y1, dx1, grads1) = results['0'], results['small']
+    assert torch.allclose(y1, y0, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(dx1, dx0, rtol=1e-5, atol=1e-6)
+    for g1, g0 in zip(grads1, grads0):
+        assert torch.allclose(g1, g0, rtol=1e-4, atol=1e-6)
+
+
 def test_frozen_stages_get_no_gradients():
     model = VMamba(SMALL, out_indices=(0, 1, 2, 3), frozen_stages=2).train()
     sum(o.mean() for o in model(torch.randn(1, 3, 32, 32))).backward()
