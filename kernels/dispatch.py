@@ -6,8 +6,8 @@ from typing import Optional
 
 import torch
 
-from .checks import (check_ss2d_inputs, check_tensor, check_triton_inputs, env_choice,
-                     wants_grad)
+from .checks import (check_contiguous, check_ss2d_inputs, check_tensor, check_triton_inputs,
+                     env_choice, wants_grad)
 
 __all__ = ['BACKENDS', 'BACKEND_ENV', 'resolve_backend', 'ss2d_scan', 'ss2d_scan_triton',
            'ss2d_scan_unfused_triton', 'ss2d_scan_torch', 'layer_norm_2d']
@@ -164,6 +164,7 @@ def ss2d_scan_unfused_triton(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, heigh
                              config=None):
     """Unfused baseline for the benchmark: the same scan kernels over inputs already
     cross-scanned into (batch, 4, ., L) scan order; returns per-direction (batch, 4, C, L)."""
+    check_contiguous((('xs', xs), ))  # (check_triton_inputs lets a channels-last map through)
     check_triton_inputs(xs, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     if A.shape[1] == 1:
         from .ss2d_n1 import ss2d_scan_n1_unfused

@@ -131,3 +131,20 @@ def test_bad_switch_value_and_tiles(monkeypatch):
         ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True, block_l=3)
     with pytest.raises(TypeError, match='segments'):
         ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True, segments=2)
+
+
+def test_a_channels_last_map_passes_only_where_it_is_read_or_copied():
+    # the fused scan takes x stored channels-last (the chunked kernels copy it: same result as
+    # the contiguous map); the unfused baseline's cross-scanned input must stay contiguous
+    import vmamba_kernels as vk
+    inputs = make_inputs(1, 3, 4, 5, 2, 1)
+    stored = dict(inputs, x=inputs['x'].contiguous(memory_format=torch.channels_last))
+    with torch.no_grad():
+        y = vk.ss2d_scan(**inputs, backend='triton')
+        y_stored = vk.ss2d_scan(**stored, backend='triton')
+    assert torch.equal(y, y_stored)
+    xs = torch.randn(1, 4, 3, 20).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match='xs must be contiguous'):
+        vk.ss2d_scan_unfused_triton(xs, inputs['dt_low'], inputs['dt_weight'],
+                                    inputs['dt_bias'], inputs['A'], inputs['Bs'], inputs['Cs'],
+                                    inputs['D'], 4, 5)
