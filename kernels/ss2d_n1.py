@@ -39,7 +39,7 @@ from .compile_ops import opaque_under_compile
 from .map_transpose import add_transposed, transposed
 from .ss2d_n1_cl import channels_last_scan, ss2d_scan_n1_channels_last
 from .ss2d_n1_map import launch_backward_map, launch_forward_map, map_fits, map_launch_config
-from .triton_math import _channel_params, _combine, _combine_grad, _softplus
+from .triton_math import _channel_params, _chunk_grads, _combine, _combine_grad, _softplus
 
 __all__ = ['ss2d_scan_n1', 'ss2d_scan_n1_unfused', 'SS2DScanN1Function', 'n1_launch_config']
 
@@ -269,23 +269,15 @@ def _bwd_direction(x_ptr, xt_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr,
         if SUMMARY:
             log_decay += tl.sum(tl.where(m2, delta * A[:, None], 0.), 1)
         else:
-            du_in = delta * u
-            inp = du_in * bv[None, :]
             h0 = tl.load(hs_base + ch, mask=cm & (ch < NCH), other=0.)
-            prod, states = tl.associative_scan((decay, inp), 1, _combine, reverse=REV)
-            states = states + prod * h0[:, None]
-            carried = states - inp  # decay_t * h_{t-1}
-            gb = g * bv[None, :]
-            du = gb * delta
+            # dB / dC sums in the walked map's order, like dpre (the caller puts them back in
+            # row-major order)
+            du, dpre, dA_part, dbias_part, dD_part, dB_sum, dC_sum = _chunk_grads(
+                g, decay, delta, u, bv, A, Dk, pre, dy, h0, m2, HAS_D, REV)
+            dA_acc += dA_part
+            dbias_acc += dbias_part
             if HAS_D:
-                du += Dk[:, None] * dy
-                dD_acc += tl.sum(dy * u, 1)
-            ddelta = g * A[:, None] * carried + gb * u
-            dpre = tl.where(m2, ddelta / (1.0 + tl.exp(-pre)), 0.)
-            dA_acc += tl.sum(g * delta * carried, 1)
-            dbias_acc += tl.sum(dpre, 1)
-            # in the walked map's order, like dpre (the caller puts them back in row-major order)
-            dB_sum, dC_sum = tl.sum(g * du_in, 0), tl.sum(states * dy, 0)
+                dD_acc += dD_part
             if ATOMIC_SUMS:
                 tl.atomic_add(dB_ptr + part * L + s, dB_sum, mask=tm, sem='relaxed')
                 tl.atomic_add(dC_ptr + part * L + s, dC_sum, mask=tm, sem='relaxed')
@@ -805,14 +797,18 @@ def _projection_dtype(dt_low_dtype):
     return torch.float16 if dt_low_dtype == torch.float16 else torch.float32
 
 
-def _projected_dt(dt_weight, dt_in_order):
+def _projected_dt(dt_weight, dt_in_order, channels_last=False):
     """delta's pre-activation without its bias, w[k] dt_low[b, k]: (batch, 4, C, L) in the
     order of the map each direction reads (``dt_in_order`` from :func:`_rows_in_walk_order`, so
-    the kernel loads it like x). One batched GEMM in :func:`_projection_dtype` (float32
-    accumulation), outside autocast."""
+    the kernel loads it like x), or with ``channels_last`` (batch, 4, L, C) for the kernels of
+    ``ss2d_n1_cl.py``. One batched GEMM in :func:`_projection_dtype` (float32 accumulation),
+    outside autocast."""
     dtype = _projection_dtype(dt_in_order.dtype)
+    weight, rows = dt_weight.to(dtype), dt_in_order.to(dtype)
     with torch.autocast(dt_in_order.device.type, enabled=False):
-        return torch.matmul(dt_weight.to(dtype), dt_in_order.to(dtype))
+        if channels_last:
+            return torch.matmul(rows.transpose(2, 3), weight.transpose(1, 2))
+        return torch.matmul(weight, rows)
 
 
 def _odd_directions_by_column(t, height, width):

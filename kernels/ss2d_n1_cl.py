@@ -9,7 +9,8 @@ backwards only changes which rows a chunk gathers. A program takes BLOCK_C chann
 image, one channel per thread, and every step of a chunk (BLOCK_L of them) in that thread's
 registers: the scans along the steps need no shuffle. Delta's pre-activation comes from one
 GEMM before each launch, (batch, 4, H*W, C) in map order, in the dt projection's dtype
-(``ss2d_n1._projection_dtype``); the backward recomputes it rather than holding it.
+(``ss2d_n1._projected_dt``); the backward recomputes it rather than holding it, and the
+projection's gradients and the per-image sums are the chunked kernels' (``ss2d_n1``).
 
 The directions add into a float32 map (the last one writes y in the output's dtype); the
 backward's channel sums of dB and dC use float32 atomics (not bitwise reproducible), its dA,
@@ -28,7 +29,7 @@ import triton.language as tl
 
 from .checks import env_choice
 from .compile_ops import opaque_under_compile
-from .triton_math import _channel_params, _combine, _combine_grad, _softplus
+from .triton_math import _channel_params, _chunk_grads, _combine, _combine_grad, _softplus
 
 __all__ = ['channels_last_scan', 'cl_launch_config', 'ss2d_scan_n1_channels_last',
            'CHANNELS_LAST_ENV']
@@ -95,6 +96,19 @@ def _chunk(x_base, pre_base, bs_base, cs_base, A, bias, j, K, c, cm, lt, CH, H, 
 
 
 @triton.jit
+def _add_direction(v, acc_base, out_base, offs, m2, K: tl.constexpr):
+    """Direction K's part ``v`` of the sum over the directions: the first stores it into the
+    float32 map acc, the next add it to what is there, the last writes the sum to out (out's
+    dtype). The same threads hold the same elements in every direction."""
+    if K > 0:
+        v += tl.load(acc_base + offs, mask=m2, other=0.)
+    if K == 3:
+        tl.store(out_base + offs, v.to(out_base.dtype.element_ty), mask=m2)
+    else:
+        tl.store(acc_base + offs, v, mask=m2)
+
+
+@triton.jit
 def _fwd_direction(x_base, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, acc_base, y_base,
                    hs_ptr, b, K: tl.constexpr, c, cm, lt, CH, H, W, L, HAS_D: tl.constexpr,
                    SAVE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -117,13 +131,7 @@ def _fwd_direction(x_base, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, acc_ba
         prod, states = tl.associative_scan((decay, delta * u * bv[None, :]), 1, _combine)
         states += prod * h[:, None]
         h = tl.sum(tl.where(lt[None, :] == BLOCK_L - 1, states, 0.), 1)
-        y = states * cv[None, :] + Dk[:, None] * u
-        if K > 0:
-            y += tl.load(acc_base + offs, mask=m2, other=0.)
-        if K == 3:
-            tl.store(y_base + offs, y.to(y_base.dtype.element_ty), mask=m2)
-        else:
-            tl.store(acc_base + offs, y, mask=m2)
+        _add_direction(states * cv[None, :] + Dk[:, None] * u, acc_base, y_base, offs, m2, K)
 
 
 @triton.jit(do_not_specialize=['CS'])
@@ -182,29 +190,16 @@ def _bwd_direction(x_base, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr
                                          reverse=True)
         g = g + gain * carry[:, None]
         carry = tl.sum(tl.where(lt[None, :] == 0, decay * g, 0.), 1)
-        du_in = delta * u
-        inp = du_in * bv[None, :]
         h0 = tl.load(hs_base + j * CH, mask=cm, other=0.)
-        prod, states = tl.associative_scan((decay, inp), 1, _combine)
-        states = states + prod * h0[:, None]
-        carried = states - inp  # decay_t * h_{t-1}
-        gb = g * bv[None, :]
-        du = gb * delta
+        du, dpre, dA_part, dbias_part, dD_part, dB_sum, dC_sum = _chunk_grads(
+            g, decay, delta, u, bv, A, Dk, pre, dy, h0, m2, HAS_D, False)
+        dA_acc += dA_part
+        dbias_acc += dbias_part
         if HAS_D:
-            du += Dk[:, None] * dy
-            dD_acc += tl.sum(dy * u, 1)
-        ddelta = g * A[:, None] * carried + gb * u
-        dpre = tl.where(m2, ddelta / (1.0 + tl.exp(-pre)), 0.)
-        dA_acc += tl.sum(g * delta * carried, 1)
-        dbias_acc += tl.sum(dpre, 1)
-        tl.atomic_add(dB_ptr + rows + s, tl.sum(g * du_in, 0), mask=valid, sem='relaxed')
-        tl.atomic_add(dC_ptr + rows + s, tl.sum(states * dy, 0), mask=valid, sem='relaxed')
-        if K > 0:
-            du += tl.load(acc_base + offs, mask=m2, other=0.)
-        if K == 3:
-            tl.store(dx_base + offs, du.to(dx_base.dtype.element_ty), mask=m2)
-        else:
-            tl.store(acc_base + offs, du, mask=m2)
+            dD_acc += dD_part
+        tl.atomic_add(dB_ptr + rows + s, dB_sum, mask=valid, sem='relaxed')
+        tl.atomic_add(dC_ptr + rows + s, dC_sum, mask=valid, sem='relaxed')
+        _add_direction(du, acc_base, dx_base, offs, m2, K)
         tl.store(dpre_base + offs, dpre.to(dpre_ptr.dtype.element_ty), mask=m2)
     part = b * 4 * CH + kc
     tl.store(dA_ptr + part, dA_acc, mask=cm)
@@ -299,25 +294,17 @@ def _launch_backward(x: torch.Tensor, pre: torch.Tensor, dt_bias: torch.Tensor, 
     return dx, dpre, dbias, dA, dB, dC, dD
 
 
-def _projected_pre(dt_weight, dt_low):
-    """delta's pre-activation without bias, (batch, 4, L, C) in map order: one batched GEMM in
-    the dt projection's dtype (float16 for float16 dt_low, else float32), outside autocast."""
-    from .ss2d_n1 import _projection_dtype
-    dtype = _projection_dtype(dt_low.dtype)
-    with torch.autocast(dt_low.device.type, enabled=False):
-        return torch.matmul(dt_low.to(dtype).transpose(2, 3), dt_weight.to(dtype).transpose(1, 2))
-
-
 class SS2DScanN1ChannelsLast(torch.autograd.Function):
     """Forward and backward launches on x (batch, L, C); returns y (batch, L, C)."""
 
     @staticmethod
     def forward(ctx, x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height, width, cfg, bwd_cfg,
                 out_x_dtype):
+        from .ss2d_n1 import _projected_dt
         save = any(ctx.needs_input_grad)
-        y, states = _launch_forward(x, _projected_pre(dt_weight, dt_low), dt_bias, A, Bs, Cs, D,
-                                    height, width, save, out_x_dtype, cfg['BLOCK_C'],
-                                    cfg['BLOCK_L'], cfg['num_warps'])
+        y, states = _launch_forward(x, _projected_dt(dt_weight, dt_low, channels_last=True),
+                                    dt_bias, A, Bs, Cs, D, height, width, save, out_x_dtype,
+                                    cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
         if save:
             ctx.save_for_backward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states)
             ctx.meta = (height, width, bwd_cfg)
@@ -325,25 +312,24 @@ class SS2DScanN1ChannelsLast(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        from .ss2d_n1 import _parameter_grads, _projected_dt, _projection_grads
         # the GEMMs in the projection's dtype, also when a compiled backward is traced under the
         # forward's autocast
         with torch.autocast(dy.device.type, enabled=False):
-            x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states = ctx.saved_tensors
+            saved = ctx.saved_tensors
+            x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states = saved
             height, width, cfg = ctx.meta
-            pre = _projected_pre(dt_weight, dt_low)  # recomputed rather than held
+            pre = _projected_dt(dt_weight, dt_low, channels_last=True)  # recomputed, not held
             dx, dpre, dbias, dA, dB, dC, dD = _launch_backward(
                 x, pre, dt_bias, A, Bs, Cs, D, states, dy.contiguous(), height, width,
                 cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
             del pre
-            # the projection's gradients as two batched GEMMs on d(pre-activation)
-            ddtl = torch.matmul(dpre, dt_weight.to(dpre.dtype)).transpose(2, 3)
-            dw = torch.matmul(dpre.transpose(2, 3), dt_low.to(dpre.dtype).transpose(2, 3)).sum(
-                0, dtype=torch.float32)
-        channels = dt_weight.shape[1]
-        return (dx, ddtl.to(dt_low.dtype), dw.to(dt_weight.dtype),
-                dbias.sum(0).view(4, channels).to(dt_bias.dtype), dA.sum(0)[:, None].to(A.dtype),
-                dB.to(Bs.dtype), dC.to(Cs.dtype),
-                dD.sum(0).to(D.dtype) if D is not None else None) + (None, ) * 5
+            # the projection's gradients: the chunked kernels' two GEMMs on dpre read as
+            # (batch, 4, C, L)
+            ddtl, dw = _projection_grads(dt_weight, dt_low, dpre.transpose(2, 3))
+        # the chunked Function's gradients after x's, less its extra inputs' Nones
+        return (dx, ) + _parameter_grads(saved, ddtl, dw, dbias, dA, dB, dC, dD)[:7] + \
+            (None, ) * 5
 
 
 def ss2d_scan_n1_channels_last(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, out_x=False,

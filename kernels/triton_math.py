@@ -1,5 +1,6 @@
 """Triton device functions shared by the SS2D kernels (``ss2d_triton.py``, ``ss2d_n1.py``,
-``ss2d_n1_map.py``): the scans' combines and a softplus accurate to a few float32 ulps."""
+``ss2d_n1_map.py``, ``ss2d_n1_cl.py``): the scans' combines, a softplus accurate to a few float32
+ulps and the gradients of one chunk of the d_state 1 backward."""
 import triton
 import triton.language as tl
 
@@ -55,3 +56,28 @@ def _log1p_unit(z):
 def _softplus(x):
     """log(1 + e^x) as max(x, 0) + log(1 + e^-|x|): the logarithm's argument stays in [1, 2]."""
     return tl.maximum(x, 0.0) + _log1p_unit(tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _chunk_grads(g, decay, delta, u, bv, A, Dk, pre, dy, h0, m2, HAS_D: tl.constexpr,
+                 REV: tl.constexpr):
+    """One chunk of the d_state 1 backward on a (channels, steps) tile, given dL/dh (``g``):
+    the chunk's states recomputed from its start state ``h0`` (scanned along the steps,
+    backwards with REV), then du (this direction's part of dx), d(delta pre-activation) (0
+    outside ``m2``), the per-channel terms of dA, d bias and dD (zeros without D) and the
+    per-step channel sums of dB and dC."""
+    du_in = delta * u
+    inp = du_in * bv[None, :]
+    prod, states = tl.associative_scan((decay, inp), 1, _combine, reverse=REV)
+    states = states + prod * h0[:, None]
+    carried = states - inp  # decay_t * h_{t-1}
+    gb = g * bv[None, :]
+    du = gb * delta
+    dD_part = tl.zeros_like(A)
+    if HAS_D:
+        du += Dk[:, None] * dy
+        dD_part = tl.sum(dy * u, 1)
+    ddelta = g * A[:, None] * carried + gb * u
+    dpre = tl.where(m2, ddelta / (1.0 + tl.exp(-pre)), 0.)
+    return (du, dpre, tl.sum(g * delta * carried, 1), tl.sum(dpre, 1), dD_part,
+            tl.sum(g * du_in, 0), tl.sum(states * dy, 0))

@@ -5,6 +5,8 @@ import random
 
 import pytest
 import torch
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 
 import vmamba_kernels as vk
 from vmamba_kernels import ss2d_scan_triton
@@ -51,6 +53,30 @@ def check_against_reference(fn, inputs, tol):
     for name in (p for p in PARAMS if p in inputs):  # D may be left out
         assert g[name].dtype == inputs[name].dtype
         assert rel_err(g[name], g_ref[name]) <= tol, (name, rel_err(g[name], g_ref[name]))
+
+
+def check_compiled_matches_eager(fn, inputs, operators):
+    """``fn`` under torch.compile (AOTAutograd's forward and backward graphs run as traced)
+    against eager: each name of ``operators`` among the graphs' targets (a launch compiled as one
+    opaque operator), the output and every gradient within 1e-6."""
+    torch._dynamo.reset()
+    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    graphs = []
+
+    def keep(gm, _):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    compiled = torch.compile(fn, fullgraph=True,
+                             backend=aot_autograd(fw_compiler=keep, bw_compiler=keep))
+    y, g = forward_and_grads(compiled, inputs, grad_out)
+    y_eager, g_eager = forward_and_grads(fn, inputs, grad_out)
+    targets = {str(node.target) for gm in graphs for node in gm.graph.nodes}
+    for operator in operators:
+        assert any(operator in t for t in targets), operator
+    assert rel_err(y, y_eager) <= 1e-6
+    for name in PARAMS:
+        assert rel_err(g[name], g_eager[name]) <= 1e-6, name
 
 
 # (batch, channels, H, W, rank, d_state): odd and unit sizes, several channel counts and batches

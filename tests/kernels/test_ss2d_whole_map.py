@@ -4,14 +4,12 @@ class, channel blocks, the dt projection in the kernel or before it, half inputs
 torch.compile, the default routing and bad tiles."""
 import pytest
 import torch
-from functorch.compile import make_boxed_func
-from torch._dynamo.backends.common import aot_autograd
 
 from vmamba_kernels import ss2d_n1, ss2d_n1_map
 
 from .naive import naive_ss2d
-from .test_ss2d_scan import (PARAMS, check_against_reference, forward_and_grads, make_inputs,
-                             rel_err)
+from .test_ss2d_scan import (PARAMS, check_against_reference, check_compiled_matches_eager,
+                             forward_and_grads, make_inputs, rel_err)
 
 
 def whole_map(**options):
@@ -75,26 +73,9 @@ def test_whole_map_half_inputs_and_deterministic(dtype, rank):
 
 
 def test_whole_map_under_torch_compile_matches_eager():
-    torch._dynamo.reset()
-    inputs = make_inputs(1, 4, 5, 6, 2, 1)
-    grad_out = torch.randn(inputs['x'].shape, dtype=torch.float64)
-    graphs = []
-
-    def keep(gm, _):  # AOTAutograd's forward and backward graphs, run as traced
-        graphs.append(gm)
-        return make_boxed_func(gm.forward)
-
-    compiled = torch.compile(whole_map(), backend=aot_autograd(fw_compiler=keep, bw_compiler=keep),
-                             fullgraph=True)
-    y, g = forward_and_grads(compiled, inputs, grad_out)
-    y_eager, g_eager = forward_and_grads(whole_map(), inputs, grad_out)
-    targets = {str(node.target) for gm in graphs for node in gm.graph.nodes}
     # each launch one opaque operator
-    assert any('ss2d_n1_map_fwd' in t for t in targets)
-    assert any('ss2d_n1_map_bwd' in t for t in targets)
-    assert rel_err(y, y_eager) <= 1e-6
-    for name in PARAMS:
-        assert rel_err(g[name], g_eager[name]) <= 1e-6, name
+    check_compiled_matches_eager(whole_map(), make_inputs(1, 4, 5, 6, 2, 1),
+                                 ('ss2d_n1_map_fwd', 'ss2d_n1_map_bwd'))
 
 
 def spy_whole_map_forward(monkeypatch):
