@@ -286,7 +286,7 @@ def _launch_backward(x: torch.Tensor, pre: torch.Tensor, dt_bias: torch.Tensor, 
         x, pre, dt_bias, A, Bs, Cs, D, states, dy, height, width, block_c, block_l, num_warps)
     dB.zero_()
     dC.zero_()
-    acc = torch.empty_like(dx, dtype=torch.float32)
+    acc = dx if dx.dtype == torch.float32 else torch.empty_like(dx, dtype=torch.float32)
     _ss2d_bwd_cl_kernel[(triton.cdiv(channels, block_c), batch)](
         x, pre, dt_bias, A, Bs, Cs, D if D is not None else A, states, dy, acc, dx, dpre, dA,
         dbias, dD, dB, dC, channels, height, width, length, 1, HAS_D=D is not None,
