@@ -410,10 +410,8 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
         if value is not None and (not isinstance(value, int) or not 24 <= value <= 255):
             raise ValueError(f'{name} must be an integer from 24 to 255 (registers per thread) '
                              f'or None, got {value!r}')
-    for name, value in (('bwd_atomic_sums', bwd_atomic_sums), ('fp16_sums', fp16_sums)):
-        if value not in (None, True, False, 0, 1):
-            raise ValueError(f'{name} must be True, False or None, got {value!r}')
-    fp16 = default_fp16_sums() if fp16_sums is None else bool(fp16_sums)
+    check_switch('bwd_atomic_sums', bwd_atomic_sums)
+    fp16 = resolve_fp16_sums(fp16_sums)
     if bwd_sum_rows is not None:
         if bwd_atomic_sums is not None and not bwd_atomic_sums:
             raise ValueError(f'bwd_sum_rows ({bwd_sum_rows}) are rows that atomics add into: it '
@@ -432,6 +430,18 @@ def n1_launch_config(length, block_c=None, block_l=None, num_warps=None, bwd_blo
 # training 2553 -> 2603; docs/kernels.md)
 FP16_SUMS = True
 FP16_SUMS_ENV = 'VMAMBA_SCAN_FP16_SUMS'
+
+
+def check_switch(name, value):
+    """ValueError naming a launch switch that is not True, False (or 1, 0) or None."""
+    if value not in (None, True, False, 0, 1):
+        raise ValueError(f'{name} must be True, False or None, got {value!r}')
+
+
+def resolve_fp16_sums(fp16_sums):
+    """A launch's ``fp16_sums`` (checked; None: :func:`default_fp16_sums`) as a bool."""
+    check_switch('fp16_sums', fp16_sums)
+    return default_fp16_sums() if fp16_sums is None else bool(fp16_sums)
 
 
 def default_fp16_sums():

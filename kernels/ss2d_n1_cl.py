@@ -12,9 +12,11 @@ GEMM before each launch, (batch, 4, H*W, C) in map order, in the dt projection's
 (``ss2d_n1._projected_dt``); the backward recomputes it rather than holding it, and the
 projection's gradients and the per-image sums are the chunked kernels' (``ss2d_n1``).
 
-The directions add into a float32 map (the last one writes y in the output's dtype); the
-backward's channel sums of dB and dC use float32 atomics (not bitwise reproducible), its dA,
-d bias and dD are per-image partials summed by the caller.
+The directions add into a float32 map (the last one writes y in the output's dtype), or, on
+a float16 map with ``fp16_sums`` (the chunked kernels' default: ``ss2d_n1.default_fp16_sums``),
+into the float16 output itself, as the authors' merge adds them. The backward's channel sums of
+dB and dC use float32 atomics (not bitwise reproducible); its dA, d bias and dD are per-image
+partials summed by the caller.
 
 Off by default until timed on a GPU: ``$VMAMBA_SCAN_CHANNELS_LAST`` (``small``: maps below
 ``ss2d_n1.TRANSPOSE_FROM_LENGTH`` positions, ``all``: every map) or ``channels_last=True`` of
@@ -47,16 +49,21 @@ def channels_last_scan(height: int, width: int) -> bool:
 
 
 def cl_launch_config(block_c=None, block_l=None, num_warps=None, bwd_block_c=None,
-                     bwd_num_warps=None):
+                     bwd_num_warps=None, fp16_sums=None):
     """Forward and backward tiles: BLOCK_C channels (one per thread) x BLOCK_L steps, warps; one
     BLOCK_L for both (the backward starts each chunk from the state the forward saved at it).
     Defaults from sm_90 register counts (not yet timed): 8 steps; the forward 32 channels on one
-    warp (80 registers), the backward 128 on four (146; 32 on one warp spill)."""
+    warp (80 registers), the backward 128 on four (146; 32 on one warp spill). ``fp16_sums``:
+    on a float16 map with y (forward) or dx (backward) in float16 the directions add into that
+    output, else into a float32 map; None: :func:`ss2d_n1.default_fp16_sums`."""
+    from .ss2d_n1 import resolve_fp16_sums
+    fp16 = resolve_fp16_sums(fp16_sums)
+
     def launch(c, l, w):
         for name, value in (('block_c', c), ('block_l', l), ('num_warps', w)):
             if value < 1 or value & (value - 1):
                 raise ValueError(f'{name} must be a power of two, got {value}')
-        return dict(BLOCK_C=c, BLOCK_L=l, num_warps=w)
+        return dict(BLOCK_C=c, BLOCK_L=l, num_warps=w, fp16_sums=fp16)
 
     block_l = block_l or 8
     return (launch(block_c or 32, block_l, num_warps or 1),
@@ -97,23 +104,24 @@ def _chunk(x_base, pre_base, bs_base, cs_base, A, bias, j, K, c, cm, lt, CH, H, 
 
 @triton.jit
 def _add_direction(v, acc_base, out_base, offs, m2, K: tl.constexpr):
-    """Direction K's part ``v`` of the sum over the directions: the first stores it into the
-    float32 map acc, the next add it to what is there, the last writes the sum to out (out's
-    dtype). The same threads hold the same elements in every direction."""
+    """Direction K's part ``v`` (float32) of the sum over the directions: the first stores it
+    into the map acc (float32, or out itself), the next add it to what is there, the last
+    writes the sum to out (out's dtype). The same threads hold the same elements in every
+    direction."""
     if K > 0:
-        v += tl.load(acc_base + offs, mask=m2, other=0.)
+        v += tl.load(acc_base + offs, mask=m2, other=0.).to(tl.float32)
     if K == 3:
         tl.store(out_base + offs, v.to(out_base.dtype.element_ty), mask=m2)
     else:
-        tl.store(acc_base + offs, v, mask=m2)
+        tl.store(acc_base + offs, v.to(acc_base.dtype.element_ty), mask=m2)
 
 
 @triton.jit
 def _fwd_direction(x_base, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, acc_base, y_base,
                    hs_ptr, b, K: tl.constexpr, c, cm, lt, CH, H, W, L, HAS_D: tl.constexpr,
                    SAVE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Direction K over BLOCK_C channels of image b: the first stores into the float32 map acc,
-    the next add to it, the last writes the sum to y (y's dtype). SAVE: each chunk's start
+    """Direction K over BLOCK_C channels of image b: the first stores into the map acc, the
+    next add to it, the last writes the sum to y (y's dtype). SAVE: each chunk's start
     state into hs (batch, 4, chunks, C) for the backward."""
     kc = K * CH + c
     A, bias, Dk = _channel_params(A_ptr, bias_ptr, D_ptr, kc, cm, HAS_D)
@@ -164,9 +172,9 @@ def _bwd_direction(x_base, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs_ptr
                    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """Direction K of the backward, chunks last to first: the recurrences of
     ``ss2d_n1._bwd_direction`` on (channels, steps) tiles. dx: the first direction stores into
-    the float32 map acc, the next add to it, the last writes dx (dx's dtype); d(pre-activation)
-    per direction in map order; dB / dC summed over channels by float32 atomics; dA, d bias, dD
-    per (image, direction, channel)."""
+    the map acc (float32, or dx), the next add to it, the last writes dx (dx's dtype);
+    d(pre-activation) per direction in map order; dB / dC summed over channels by float32
+    atomics; dA, d bias, dD per (image, direction, channel)."""
     kc = K * CH + c
     A, bias, Dk = _channel_params(A_ptr, bias_ptr, D_ptr, kc, cm, HAS_D)
     pre_base = pre_ptr + (b * 4 + K) * L * CH
@@ -230,8 +238,16 @@ def _ss2d_bwd_cl_kernel(x_ptr, pre_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, hs
     _bwd_direction(*args, 3, c, cm, lt, CH, H, W, L, HAS_D, BLOCK_C, BLOCK_L)
 
 
+def _sum_map(out, fp16_sums):
+    """The map the directions add into: ``out`` (y or dx) where it is float32, or float16 with
+    ``fp16_sums``; else a float32 map."""
+    if out.dtype == torch.float32 or (fp16_sums and out.dtype == torch.float16):
+        return out
+    return torch.empty_like(out, dtype=torch.float32)
+
+
 def _forward_outputs(x, pre, dt_bias, A, Bs, Cs, D, height, width, save, out_x_dtype, block_c,
-                     block_l, num_warps):
+                     block_l, num_warps, fp16_sums):
     """Empty y ((batch, L, C), float32 or x's dtype) and chunk start states (float32;
     a placeholder unless ``save``) of the forward launch (also its fake implementation)."""
     batch, length, channels = x.shape
@@ -245,14 +261,14 @@ def _forward_outputs(x, pre, dt_bias, A, Bs, Cs, D, height, width, save, out_x_d
 def _launch_forward(x: torch.Tensor, pre: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
                     Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor], height: int,
                     width: int, save: bool, out_x_dtype: bool, block_c: int, block_l: int,
-                    num_warps: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                    num_warps: int, fp16_sums: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward launch on x (batch, L, C) and pre (batch, 4, L, C): y (batch, L, C), the
-    four directions summed in float32 (rounded once to x's dtype with ``out_x_dtype``), and the
-    chunk start states."""
+    four directions summed in float32 (rounded once to x's dtype with ``out_x_dtype``; summed
+    in y on a float16 map with ``fp16_sums``), and the chunk start states."""
     batch, length, channels = x.shape
     y, states = _forward_outputs(x, pre, dt_bias, A, Bs, Cs, D, height, width, save, out_x_dtype,
-                                 block_c, block_l, num_warps)
-    acc = y if y.dtype == torch.float32 else torch.empty_like(y, dtype=torch.float32)
+                                 block_c, block_l, num_warps, fp16_sums)
+    acc = _sum_map(y, fp16_sums)
     _ss2d_fwd_cl_kernel[(triton.cdiv(channels, block_c), batch)](
         x, pre, dt_bias, A, Bs, Cs, D if D is not None else A, acc, y, states, channels, height,
         width, length, 1, HAS_D=D is not None, SAVE=save, BLOCK_C=block_c, BLOCK_L=block_l,
@@ -261,7 +277,7 @@ def _launch_forward(x: torch.Tensor, pre: torch.Tensor, dt_bias: torch.Tensor, A
 
 
 def _backward_outputs(x, pre, dt_bias, A, Bs, Cs, D, states, dy, height, width, block_c,
-                      block_l, num_warps):
+                      block_l, num_warps, fp16_sums):
     """Empty dx (x's dtype), dpre (pre's), dbias, dA, dD (per image, float32) and dB, dC
     ((batch, 4, 1, L) float32) of the backward launch (also its fake implementation)."""
     batch, length, channels = x.shape
@@ -276,17 +292,19 @@ def _backward_outputs(x, pre, dt_bias, A, Bs, Cs, D, states, dy, height, width, 
 def _launch_backward(x: torch.Tensor, pre: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
                      Bs: torch.Tensor, Cs: torch.Tensor, D: Optional[torch.Tensor],
                      states: torch.Tensor, dy: torch.Tensor, height: int, width: int,
-                     block_c: int, block_l: int, num_warps: int
+                     block_c: int, block_l: int, num_warps: int, fp16_sums: bool
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward launch: dx (batch, L, C; the directions summed in float32), d(delta
+    """The backward launch: dx (batch, L, C; the directions summed in float32, or in dx on a
+    float16 map with ``fp16_sums``), d(delta
     pre-activation) (batch, 4, L, C), per-image d dt_bias, dA, dD and dB, dC."""
     batch, length, channels = x.shape
     dx, dpre, dbias, dA, dB, dC, dD = _backward_outputs(
-        x, pre, dt_bias, A, Bs, Cs, D, states, dy, height, width, block_c, block_l, num_warps)
+        x, pre, dt_bias, A, Bs, Cs, D, states, dy, height, width, block_c, block_l, num_warps,
+        fp16_sums)
     dB.zero_()
     dC.zero_()
-    acc = dx if dx.dtype == torch.float32 else torch.empty_like(dx, dtype=torch.float32)
+    acc = _sum_map(dx, fp16_sums)
     _ss2d_bwd_cl_kernel[(triton.cdiv(channels, block_c), batch)](
         x, pre, dt_bias, A, Bs, Cs, D if D is not None else A, states, dy, acc, dx, dpre, dA,
         dbias, dD, dB, dC, channels, height, width, length, 1, HAS_D=D is not None,
@@ -304,7 +322,8 @@ class SS2DScanN1ChannelsLast(torch.autograd.Function):
         save = any(ctx.needs_input_grad)
         y, states = _launch_forward(x, _projected_dt(dt_weight, dt_low, channels_last=True),
                                     dt_bias, A, Bs, Cs, D, height, width, save, out_x_dtype,
-                                    cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
+                                    cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'],
+                                    cfg['fp16_sums'])
         if save:
             ctx.save_for_backward(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, states)
             ctx.meta = (height, width, bwd_cfg)
@@ -322,7 +341,7 @@ class SS2DScanN1ChannelsLast(torch.autograd.Function):
             pre = _projected_dt(dt_weight, dt_low, channels_last=True)  # recomputed, not held
             dx, dpre, dbias, dA, dB, dC, dD = _launch_backward(
                 x, pre, dt_bias, A, Bs, Cs, D, states, dy.contiguous(), height, width,
-                cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'])
+                cfg['BLOCK_C'], cfg['BLOCK_L'], cfg['num_warps'], cfg['fp16_sums'])
             del pre
             # the projection's gradients: the chunked kernels' two GEMMs on dpre read as
             # (batch, 4, C, L)

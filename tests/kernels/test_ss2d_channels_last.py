@@ -8,7 +8,7 @@ import torch
 from vmamba_kernels import ss2d_n1, ss2d_n1_cl
 
 from .test_ss2d_scan import (PARAMS, check_against_reference, check_compiled_matches_eager,
-                             forward_and_grads, make_inputs, rel_err)
+                             check_fp16_sums, forward_and_grads, make_inputs, rel_err)
 
 
 def channels_last(**options):
@@ -47,17 +47,23 @@ def test_channels_last_without_d_equals_chunked_kernels():
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 def test_channels_last_half_inputs_and_output_in_the_maps_dtype(dtype):
+    # y in x's dtype with fp16_sums off: the float32 sum of the directions rounded once
     half = {'x', 'dt_low', 'Bs', 'Cs'}
     inputs = {k: v.to(dtype) if k in half else v
               for k, v in make_inputs(2, 6, 5, 7, 16, 1).items()}
     check_against_reference(channels_last(), inputs, 1e-2)
     with torch.no_grad():
-        y = ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True, out_dtype=dtype)
+        y = ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True, out_dtype=dtype, fp16_sums=False)
         y32 = ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True)
     assert y.dtype == dtype and y.shape == inputs['x'].shape and y32.dtype == torch.float32
     assert y.is_contiguous(memory_format=torch.channels_last)
     # the float32 sum rounded once (to within one ulp: the interpreter's casts truncate)
     assert ((y.float() - y32).abs() <= y32.abs() * torch.finfo(dtype).eps + 1e-30).all()
+
+
+def test_channels_last_fp16_sums_of_the_directions():
+    # on a float16 map the directions add into y (forward) and dx (backward) themselves
+    check_fp16_sums(lambda dtype, sums: channels_last(out_dtype=dtype, fp16_sums=sums))
 
 
 def test_channels_last_reads_x_stored_either_way():
@@ -113,6 +119,18 @@ def test_bad_switch_value_and_tiles(monkeypatch):
         ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True, block_l=3)
     with pytest.raises(TypeError, match='segments'):
         ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True, segments=2)
+    with pytest.raises(ValueError, match="fp16_sums must be True, False or None, got 'yes'"):
+        ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True, fp16_sums='yes')
+
+
+def test_fp16_sums_default_follows_the_chunked_kernels(monkeypatch):
+    monkeypatch.delenv(ss2d_n1.FP16_SUMS_ENV, raising=False)
+    for value in (True, False):
+        monkeypatch.setattr(ss2d_n1, 'FP16_SUMS', value)
+        assert all(p['fp16_sums'] is value for p in ss2d_n1_cl.cl_launch_config())
+        assert ss2d_n1_cl.cl_launch_config(fp16_sums=not value)[1]['fp16_sums'] is (not value)
+    monkeypatch.setenv(ss2d_n1.FP16_SUMS_ENV, '1')
+    assert all(p['fp16_sums'] is True for p in ss2d_n1_cl.cl_launch_config())
 
 
 def test_a_channels_last_map_passes_only_where_it_is_read_or_copied():

@@ -586,24 +586,19 @@ def test_output_in_the_maps_dtype(options):
         vk.ss2d_scan(**inputs, backend=backend, out_dtype=torch.bfloat16)
 
 
-@pytest.mark.parametrize('transpose_columns,segments', [(False, 1), (True, 1), (True, 2)])
-def test_fp16_sums_of_the_directions(transpose_columns, segments):
-    # fp16_sums: on a float16 map the four directions add into float16 maps (y forward, dx
-    # backward), each sum rounded on the way as the authors' merge does: within float16's
-    # tolerance of float64, a few float16 roundings from the float32 sums, and really
-    # different from them; float32 and bfloat16 maps keep float32 sums (bitwise unchanged)
+def check_fp16_sums(scan):
+    """fp16_sums: on a float16 map the four directions add into float16 maps (y forward, dx
+    backward), each sum rounded on the way as the authors' merge does: within float16's
+    tolerance of float64, a few float16 roundings from the float32 sums, and really different
+    from them; float32 and bfloat16 maps keep float32 sums (bitwise unchanged). ``scan(dtype,
+    sums)``: the scan with y in ``dtype`` and fp16_sums ``sums``."""
     half = {'x', 'dt_low', 'Bs', 'Cs'}
     grad_out = torch.randn(2, 6, 5, 8, dtype=torch.float64)
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         inputs = make_inputs(2, 6, 5, 8, 2, 1, seed=5)
         inputs = {k: v.to(dtype) if k in half else v for k, v in inputs.items()}
-        runs = {}
-        for sums in (False, True):
-            fn = lambda **kw: ss2d_scan_triton(  # noqa: E731
-                **kw, out_dtype=dtype, block_l=16, transpose_columns=transpose_columns,
-                segments=segments, bwd_segments=segments, fp16_sums=sums)
-            runs[sums] = forward_and_grads(fn, inputs, grad_out)
-        (y32, g32), (y16, g16) = runs[False], runs[True]
+        (y32, g32), (y16, g16) = (forward_and_grads(scan(dtype, sums), inputs, grad_out)
+                                  for sums in (False, True))
         if dtype != torch.float16:
             assert torch.equal(y16, y32) and all(torch.equal(g16[k], g32[k]) for k in PARAMS)
             continue
@@ -617,6 +612,13 @@ def test_fp16_sums_of_the_directions(transpose_columns, segments):
         # at most a few float16 roundings (2^-11 of the largest term) from the float32 sums
         assert 0 < rel_err(y16, y32) <= 4 * 2.0**-11
         assert 0 < rel_err(g16['x'], g32['x']) <= 4 * 2.0**-11
+
+
+@pytest.mark.parametrize('transpose_columns,segments', [(False, 1), (True, 1), (True, 2)])
+def test_fp16_sums_of_the_directions(transpose_columns, segments):
+    check_fp16_sums(lambda dtype, sums: lambda **kw: ss2d_scan_triton(
+        **kw, out_dtype=dtype, block_l=16, transpose_columns=transpose_columns,
+        segments=segments, bwd_segments=segments, fp16_sums=sums))
 
 
 def test_fp16_sums_default_and_bad_value(monkeypatch):
