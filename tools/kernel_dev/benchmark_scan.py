@@ -90,10 +90,15 @@ def sweep(args, dev):
                 if flag in config:
                     config[flag] = bool(config[flag])
             fn = fused_with(config, _out_dtype(args, inp))
+            # the channels-last kernels get x stored channels-last, as the model hands it
+            # them (a channel-first x would add a copy the model does not make)
+            run_inp = dict(inp, x=inp['x'].contiguous(memory_format=torch.channels_last)) \
+                if config.get('channels_last') else inp
             try:
-                errs = check(inp, args.check_batch, fn) if args.check else {}
-                fwd = bench(fn, inp, False, 3, args.graphs)
-                both = math.nan if args.forward_only else bench(fn, inp, True, 3, args.graphs)
+                errs = check(run_inp, args.check_batch, fn) if args.check else {}
+                fwd = bench(fn, run_inp, False, 3, args.graphs)
+                both = math.nan if args.forward_only else bench(fn, run_inp, True, 3,
+                                                                 args.graphs)
             except Exception as err:  # e.g. out of shared memory / registers
                 print(f'stage {stage} {config}: failed ({type(err).__name__}: '
                       f'{str(err)[:800]})', flush=True)
