@@ -92,7 +92,7 @@ def sweep(args, dev):
             fn = fused_with(config, _out_dtype(args, inp))
             # the channels-last kernels get x stored channels-last, as the model hands it
             # them (a channel-first x would add a copy the model does not make)
-            run_inp = dict(inp, x=inp['x'].contiguous(memory_format=torch.channels_last)) \
+            run_inp = dict(inp, x=inp['x'].detach().contiguous(memory_format=torch.channels_last)) \
                 if config.get('channels_last') else inp
             try:
                 errs = check(run_inp, args.check_batch, fn) if args.check else {}
