@@ -905,9 +905,11 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     height, width = x.shape[2], x.shape[3]
     length = height * width
     out_x = out_dtype is not None and out_dtype != torch.float32  # (checked: x's dtype)
+    inference = not wants_grad(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     if channels_last is None:
         others = (transpose_columns, project_first, whole_map, map_block_c, map_num_warps)
-        channels_last = all(v is None for v in others) and channels_last_scan(height, width)
+        channels_last = all(v is None for v in others) and channels_last_scan(height, width,
+                                                                              inference)
     if channels_last:
         return ss2d_scan_n1_channels_last(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, out_x,
                                           **tiles)
@@ -915,7 +917,6 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     cfg, bwd_cfg = n1_launch_config(length, **tiles)
     if project_first is None:
         project_first = dt_weight.shape[2] >= PROJECT_FROM_RANK
-    inference = not wants_grad(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     if whole_map is None:
         # tiles or a column layout asked for are the chunked kernels'
         chunked = transpose_columns is not None or any(v is not None for v in tiles.values())

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import env_choice
+from .checks import env_choice, wants_grad
 from .compile_ops import opaque_under_compile
 from .triton_math import _channel_params, _chunk_grads, _combine, _combine_grad, _softplus
 
@@ -37,25 +37,30 @@ __all__ = ['channels_last_scan', 'cl_launch_config', 'ss2d_scan_n1_channels_last
            'CHANNELS_LAST_ENV']
 
 CHANNELS_LAST_ENV = 'VMAMBA_SCAN_CHANNELS_LAST'
-CHANNELS_LAST_CHOICES = {'0': 'off', 'small': 'maps below 512 positions', 'all': 'every map'}
+CHANNELS_LAST_CHOICES = {'0': 'off', 'inference': 'maps below 512 positions, without gradients',
+                         'small': 'maps below 512 positions', 'all': 'every map'}
 
 
-def channels_last_scan(height: int, width: int) -> bool:
+def channels_last_scan(height: int, width: int, inference: bool = False) -> bool:
     """Whether the d_state 1 scan of an (height, width) map runs these kernels by default
-    (``$VMAMBA_SCAN_CHANNELS_LAST``), so that a caller can hand it the map channels-last."""
+    (``$VMAMBA_SCAN_CHANNELS_LAST``; ``inference``: no gradient is wanted), so that a caller
+    can hand it the map channels-last."""
     from .ss2d_n1 import TRANSPOSE_FROM_LENGTH
     mode = env_choice(CHANNELS_LAST_ENV, CHANNELS_LAST_CHOICES, '0')
-    return mode == 'all' or (mode == 'small' and height * width < TRANSPOSE_FROM_LENGTH)
+    small = height * width < TRANSPOSE_FROM_LENGTH
+    return mode == 'all' or (small and (mode == 'small' or (mode == 'inference' and inference)))
 
 
 def cl_launch_config(block_c=None, block_l=None, num_warps=None, bwd_block_c=None,
-                     bwd_num_warps=None, fp16_sums=None):
+                     bwd_num_warps=None, fp16_sums=None, inference=False):
     """Forward and backward tiles: BLOCK_C channels (one per thread) x BLOCK_L steps, warps; one
     BLOCK_L for both (the backward starts each chunk from the state the forward saved at it).
-    Defaults from sm_90 register counts (not yet timed): 8 steps; the forward 32 channels on one
-    warp (80 registers), the backward 128 on four (146; 32 on one warp spill). ``fp16_sums``:
-    on a float16 map with y (forward) or dx (backward) in float16 the directions add into that
-    output, else into a float32 map; None: :func:`ss2d_n1.default_fp16_sums`."""
+    Defaults (H100, VMamba-T / B stages 3-4, fp16, batch 128; docs/kernels.md): with gradients
+    8 steps, the forward 32 channels on one warp, the backward 128 on four (longer chunks spill
+    in the backward); ``inference`` (no backward follows) the forward 16 channels x 32 steps on
+    one warp (stage 3: 0.30 ms against 0.52 with the training tile). ``fp16_sums``: on a float16
+    map with y (forward) or dx (backward) in float16 the directions add into that output, else
+    into a float32 map; None: :func:`ss2d_n1.default_fp16_sums`."""
     from .ss2d_n1 import resolve_fp16_sums
     fp16 = resolve_fp16_sums(fp16_sums)
 
@@ -65,6 +70,9 @@ def cl_launch_config(block_c=None, block_l=None, num_warps=None, bwd_block_c=Non
                 raise ValueError(f'{name} must be a power of two, got {value}')
         return dict(BLOCK_C=c, BLOCK_L=l, num_warps=w, fp16_sums=fp16)
 
+    if inference:
+        return (launch(block_c or 16, block_l or 32, num_warps or 1),
+                launch(bwd_block_c or 128, block_l or 32, bwd_num_warps or 4))
     block_l = block_l or 8
     return (launch(block_c or 32, block_l, num_warps or 1),
             launch(bwd_block_c or 128, block_l, bwd_num_warps or 4))
@@ -358,7 +366,8 @@ def ss2d_scan_n1_channels_last(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None,
     copy unless it is stored so); y is (batch, C, H, W) stored channels-last, float32 or, with
     ``out_x``, in x's dtype."""
     batch, channels, height, width = x.shape
-    cfg, bwd_cfg = cl_launch_config(**tiles)
+    inference = not wants_grad(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    cfg, bwd_cfg = cl_launch_config(**tiles, inference=inference)
     # a view of a channels-last x; else a copy (a view could keep x's channel-first strides)
     x_cl = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels).contiguous()
     y = SS2DScanN1ChannelsLast.apply(x_cl, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, height,

@@ -251,6 +251,26 @@ def test_ss2d_hands_the_channels_last_kernels_the_map_as_it_is(monkeypatch):
         assert torch.allclose(g1, g0, rtol=1e-4, atol=1e-6)
 
 
+def test_ss2d_hands_the_map_channels_last_only_without_gradients_when_asked(monkeypatch):
+    # $VMAMBA_SCAN_CHANNELS_LAST=inference: the forward without gradients gets the map as the
+    # convolution left it, a training forward gets it channel-first; both outputs equal the
+    # chunked kernels'
+    import mmvmamba.models.ss2d as ss2d_module
+    torch.manual_seed(0)
+    op = ss2d_module.SS2D(8, scan_backend='triton')
+    x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y_chunked = op(x)
+    monkeypatch.setenv('VMAMBA_SCAN_CHANNELS_LAST', 'inference')
+    for grad in (False, True):
+        scanned = _record_scan_inputs(monkeypatch)
+        with torch.set_grad_enabled(grad):
+            y = op(x)
+        (map_in, _), = scanned
+        assert map_in.is_contiguous(memory_format=torch.channels_last) != grad
+        assert torch.allclose(y.detach(), y_chunked, rtol=1e-5, atol=1e-6)
+
+
 def test_frozen_stages_get_no_gradients():
     model = VMamba(SMALL, out_indices=(0, 1, 2, 3), frozen_stages=2).train()
     sum(o.mean() for o in model(torch.randn(1, 3, 32, 32))).backward()

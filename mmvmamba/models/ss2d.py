@@ -94,7 +94,8 @@ class SS2D(nn.Module):
         """Whether the scan reads x stored channels-last (the Triton kernels of
         ``vmamba_kernels.ss2d_n1_cl``, opt-in by ``$VMAMBA_SCAN_CHANNELS_LAST``): then the map
         is handed over as the convolution left it."""
-        return backend == 'triton' and self.d_state == 1 and channels_last_scan(*x.shape[2:])
+        return backend == 'triton' and self.d_state == 1 and channels_last_scan(
+            *x.shape[2:], inference=not wants_grad(x))
 
     def forward(self, x):
         backend = resolve_backend(self.scan_backend, x)  # once per call: it reads the environment

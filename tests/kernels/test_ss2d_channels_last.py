@@ -33,6 +33,18 @@ def test_channels_last_tiles(tiles):
     check_against_reference(channels_last(**tiles), make_inputs(2, 7, 5, 6, 3, 1), 1e-5)
 
 
+@pytest.mark.parametrize('shape', [(2, 20, 9, 7, 3), (1, 5, 1, 40, 2)])
+def test_channels_last_inference_tile_matches_float64_reference(shape):
+    # without gradients the forward runs its own tile (16 channels x 32 steps): walks longer
+    # and shorter than a chunk, a part-filled channel block
+    from .naive import naive_ss2d
+    inputs = make_inputs(*shape, 1)
+    with torch.no_grad():
+        y = ss2d_n1.ss2d_scan_n1(**inputs, channels_last=True)
+        y_ref = naive_ss2d(**{k: v.double() for k, v in inputs.items()})
+    assert rel_err(y, y_ref) <= 1e-5
+
+
 def test_channels_last_without_d_equals_chunked_kernels():
     inputs = make_inputs(1, 5, 4, 6, 2, 1)
     del inputs['D']
@@ -108,6 +120,28 @@ def test_switch_routes_to_channels_last_kernels(mode, size, options, expected, m
     assert bool(calls) == expected
     assert ss2d_n1_cl.channels_last_scan(size, size) == (mode in ('small', 'all') and
                                                          (mode == 'all' or size < 20))
+
+
+@pytest.mark.parametrize('size,grad,expected', [(5, False, True), (5, True, False),
+                                                (23, False, False)])
+def test_inference_switch_routes_only_without_gradients(size, grad, expected, monkeypatch):
+    # 'inference': maps below 512 positions when no gradient is wanted, with the inference
+    # forward tile (16 channels x 32 steps); with gradients the chunked kernels
+    monkeypatch.setenv(ss2d_n1_cl.CHANNELS_LAST_ENV, 'inference')
+    calls, tiles = [], ss2d_n1_cl.cl_launch_config
+    monkeypatch.setattr(ss2d_n1_cl, 'cl_launch_config',
+                        lambda **kw: calls.append(kw) or ({}, {}))
+    monkeypatch.setattr(ss2d_n1_cl.SS2DScanN1ChannelsLast, 'apply', lambda *args: args[0])
+    monkeypatch.setattr(ss2d_n1.SS2DScanN1Function, 'apply', lambda *args: args[0])
+    inputs = make_inputs(1, 2, size, size, 2, 1)
+    with torch.set_grad_enabled(grad):
+        ss2d_n1.ss2d_scan_n1(**dict(inputs, x=inputs['x'].requires_grad_(grad)))
+    assert calls == ([dict(inference=True)] if expected else [])
+    assert ss2d_n1_cl.channels_last_scan(size, size, inference=not grad) == expected
+    forward, backward = tiles(inference=True)
+    assert (forward['BLOCK_C'], forward['BLOCK_L'], forward['num_warps']) == (16, 32, 1)
+    forward, backward = tiles()
+    assert (forward['BLOCK_C'], forward['BLOCK_L'], backward['BLOCK_C']) == (32, 8, 128)
 
 
 def test_bad_switch_value_and_tiles(monkeypatch):
