@@ -18,9 +18,11 @@ into the float16 output itself, as the authors' merge adds them. The backward's 
 dB and dC use float32 atomics (not bitwise reproducible); its dA, d bias and dD are per-image
 partials summed by the caller.
 
-Off by default until timed on a GPU: ``$VMAMBA_SCAN_CHANNELS_LAST`` (``small``: maps below
-``ss2d_n1.TRANSPOSE_FROM_LENGTH`` positions, ``all``: every map) or ``channels_last=True`` of
-:func:`vmamba_kernels.ss2d_n1.ss2d_scan_n1` turns it on; :func:`channels_last_scan` tells the
+Opt-in (H100 timings in docs/kernels.md: the forward with its inference tile 13% faster than
+the chunked kernels' at 14 x 14, the training pair slower): ``$VMAMBA_SCAN_CHANNELS_LAST``
+(``inference``: maps below ``ss2d_n1.TRANSPOSE_FROM_LENGTH`` positions where no gradient is
+wanted, ``small``: those maps also in training, ``all``: every map) or ``channels_last=True`` of
+:func:`vmamba_kernels.ss2d_n1.ss2d_scan_n1` turns them on; :func:`channels_last_scan` tells the
 model which layout to hand the scan.
 """
 from typing import Optional, Tuple
@@ -304,8 +306,8 @@ def _launch_backward(x: torch.Tensor, pre: torch.Tensor, dt_bias: torch.Tensor, 
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward launch: dx (batch, L, C; the directions summed in float32, or in dx on a
-    float16 map with ``fp16_sums``), d(delta
-    pre-activation) (batch, 4, L, C), per-image d dt_bias, dA, dD and dB, dC."""
+    float16 map with ``fp16_sums``), d(delta pre-activation) (batch, 4, L, C), per-image
+    d dt_bias, dA, dD and dB, dC."""
     batch, length, channels = x.shape
     dx, dpre, dbias, dA, dB, dC, dD = _backward_outputs(
         x, pre, dt_bias, A, Bs, Cs, D, states, dy, height, width, block_c, block_l, num_warps,
