@@ -900,7 +900,8 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     channels-last (``tiles``: theirs, :func:`ss2d_n1_cl.cl_launch_config`) and returns y stored
     channels-last; None: as ``$VMAMBA_SCAN_CHANNELS_LAST`` says for this map and whether a
     gradient is wanted (:func:`ss2d_n1_cl.channels_last_scan`, off by default) when no option
-    of the other kernels is given. The other kernels read x channel-first (a channels-last x is copied).
+    of the other kernels is given. The other kernels read x channel-first (a channels-last x is
+    copied).
     """
     height, width = x.shape[2], x.shape[3]
     length = height * width
@@ -912,7 +913,7 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
                                                                               inference)
     if channels_last:
         return ss2d_scan_n1_channels_last(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D, out_x,
-                                          **tiles)
+                                          inference, **tiles)
     x = x.contiguous()
     cfg, bwd_cfg = n1_launch_config(length, **tiles)
     if project_first is None:

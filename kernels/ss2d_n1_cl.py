@@ -362,13 +362,15 @@ class SS2DScanN1ChannelsLast(torch.autograd.Function):
 
 
 def ss2d_scan_n1_channels_last(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, out_x=False,
-                               **tiles):
+                               inference=None, **tiles):
     """The d_state 1 scan on these kernels (inputs as :func:`vmamba_kernels.ss2d_scan`, already
     checked; ``tiles``: :func:`cl_launch_config`). x (batch, C, H, W) is read channels-last (a
     copy unless it is stored so); y is (batch, C, H, W) stored channels-last, float32 or, with
-    ``out_x``, in x's dtype."""
+    ``out_x``, in x's dtype. ``inference``: whether no gradient is wanted (None: found from the
+    inputs), which picks the forward's tile."""
     batch, channels, height, width = x.shape
-    inference = not wants_grad(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
+    if inference is None:
+        inference = not wants_grad(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     cfg, bwd_cfg = cl_launch_config(**tiles, inference=inference)
     # a view of a channels-last x; else a copy (a view could keep x's channel-first strides)
     x_cl = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels).contiguous()
