@@ -128,6 +128,31 @@ def test_whole_map_scan_on_cuda_matches_float64(shape):
         assert rel_err(g[name].cpu(), ref) < 1e-4, name
 
 
+@pytest.mark.parametrize('shape', [(2, 384, 14, 14, 24, 1), (2, 768, 7, 7, 48, 1),
+                                   (1, 40, 9, 23, 3, 1)])
+def test_channels_last_scan_on_cuda_matches_float64(shape):
+    # the opt-in channels-last kernels (compiled; VMamba-T stages 3 and 4, a map walked by
+    # columns with a part-filled channel block), x stored channels-last as SS2D hands it over:
+    # forward and backward at the training tile, the forward alone at the inference tile
+    from .kernels.naive import naive_ss2d
+    from .kernels.test_ss2d_scan import forward_and_grads, make_inputs, rel_err
+    from vmamba_kernels.ss2d_n1 import ss2d_scan_n1
+    inputs = make_inputs(*shape, seed=7)
+    grad = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    y_ref, g_ref = forward_and_grads(naive_ss2d, {k: v.double() for k, v in inputs.items()},
+                                     grad)
+    cuda = {k: v.cuda() for k, v in inputs.items()}
+    cuda['x'] = cuda['x'].contiguous(memory_format=torch.channels_last)
+    fn = lambda **kw: ss2d_scan_n1(**kw, channels_last=True)  # noqa: E731
+    y, g = forward_and_grads(fn, cuda, grad.cuda())
+    assert y.is_cuda and rel_err(y.cpu(), y_ref) < 1e-5
+    for name, ref in g_ref.items():
+        assert rel_err(g[name].cpu(), ref) < 1e-4, name
+    with torch.no_grad():
+        y_inference = fn(**{k: v.detach() for k, v in cuda.items()})
+    assert rel_err(y_inference.cpu(), y_ref) < 1e-5
+
+
 @pytest.mark.parametrize('out_dtype', [None, torch.float16])
 def test_layer_norm_2d_from_output_on_cuda(out_dtype):
     # memory_efficient_norm's kernel: gradients from the output as from the input
