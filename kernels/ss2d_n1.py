@@ -899,9 +899,9 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     ``channels_last`` True runs the kernels of ``ss2d_n1_cl.py`` on the map stored
     channels-last (``tiles``: theirs, :func:`ss2d_n1_cl.cl_launch_config`) and returns y stored
     channels-last; None: as ``$VMAMBA_SCAN_CHANNELS_LAST`` says for this map and whether a
-    gradient is wanted (:func:`ss2d_n1_cl.channels_last_scan`, off by default) when no option
-    of the other kernels is given. The other kernels read x channel-first (a channels-last x is
-    copied).
+    gradient is wanted (:func:`ss2d_n1_cl.channels_last_scan`: by default maps below 512
+    positions when none is) when no option of the other kernels is given. The other kernels
+    read x channel-first (a channels-last x is copied).
     """
     height, width = x.shape[2], x.shape[3]
     length = height * width

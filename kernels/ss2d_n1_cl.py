@@ -1,4 +1,4 @@
-"""SS2D core kernels for d_state N = 1 on a channels-last map (opt-in, for small maps).
+"""SS2D core kernels for d_state N = 1 on a channels-last map (small maps; inference by default).
 
 The chunked kernels (``ss2d_n1.py``) read the map channel-first, one channel per row of a
 (BLOCK_C, BLOCK_L) tile: below 512 positions their column directions walk it with a stride
@@ -18,12 +18,13 @@ into the float16 output itself, as the authors' merge adds them. The backward's 
 dB and dC use float32 atomics (not bitwise reproducible); its dA, d bias and dD are per-image
 partials summed by the caller.
 
-Opt-in (H100 timings in docs/kernels.md: the forward with its inference tile 13% faster than
-the chunked kernels' at 14 x 14, the training pair slower): ``$VMAMBA_SCAN_CHANNELS_LAST``
-(``inference``: maps below ``ss2d_n1.TRANSPOSE_FROM_LENGTH`` positions where no gradient is
-wanted, ``small``: those maps also in training, ``all``: every map) or ``channels_last=True`` of
-:func:`vmamba_kernels.ss2d_n1.ss2d_scan_n1` turns them on; :func:`channels_last_scan` tells the
-model which layout to hand the scan.
+Where they run (H100 timings in docs/kernels.md): ``$VMAMBA_SCAN_CHANNELS_LAST``, by default
+``inference``: maps below ``ss2d_n1.TRANSPOSE_FROM_LENGTH`` positions where no gradient is
+wanted (the forward with its inference tile 13% faster than the chunked kernels' at 14 x 14;
+compiled inference of the whole model +5-8% at VMamba-T, +11-13% at S and B); ``small``: those
+maps also in training (the training pair is slower); ``all``: every map; ``0``: nowhere. Or
+``channels_last=True`` of :func:`vmamba_kernels.ss2d_n1.ss2d_scan_n1`;
+:func:`channels_last_scan` tells the model which layout to hand the scan.
 """
 from typing import Optional, Tuple
 
@@ -41,6 +42,9 @@ __all__ = ['channels_last_scan', 'cl_launch_config', 'ss2d_scan_n1_channels_last
 CHANNELS_LAST_ENV = 'VMAMBA_SCAN_CHANNELS_LAST'
 CHANNELS_LAST_CHOICES = {'0': 'off', 'inference': 'maps below 512 positions, without gradients',
                          'small': 'maps below 512 positions', 'all': 'every map'}
+# H100, compiled inference at batch 128, fp16 (docs/kernels.md): VMamba-T 7681 / 8043 -> 8320 /
+# 8422 img/s, S 4018 -> 4534, B 2932 -> 3269 against '0'
+DEFAULT_CHANNELS_LAST = 'inference'
 
 
 def channels_last_scan(height: int, width: int, inference: bool = False) -> bool:
@@ -48,7 +52,7 @@ def channels_last_scan(height: int, width: int, inference: bool = False) -> bool
     (``$VMAMBA_SCAN_CHANNELS_LAST``; ``inference``: no gradient is wanted), so that a caller
     can hand it the map channels-last."""
     from .ss2d_n1 import TRANSPOSE_FROM_LENGTH
-    mode = env_choice(CHANNELS_LAST_ENV, CHANNELS_LAST_CHOICES, '0')
+    mode = env_choice(CHANNELS_LAST_ENV, CHANNELS_LAST_CHOICES, DEFAULT_CHANNELS_LAST)
     small = height * width < TRANSPOSE_FROM_LENGTH
     return mode == 'all' or (small and (mode == 'small' or (mode == 'inference' and inference)))
 

@@ -202,24 +202,23 @@ def test_ss2d_x_projection_keeps_the_map_the_scan_gets(monkeypatch):
 @pytest.mark.parametrize('backend', ['torch', 'triton'])
 def test_ss2d_hands_the_cpu_inference_scan_the_map_as_the_convolution_left_it(backend,
                                                                            monkeypatch):
-    # inference on the torch path (the CPU's C scan reads channels-last rows): the scan gets the
-    # SiLU output as it is, channels-last, no copy; with gradients, or for the Triton kernels,
+    # inference on the torch path (the CPU's C scan reads channels-last rows) and, on a map below
+    # 512 positions, for the Triton kernels (their channels-last inference kernels, on by
+    # default): the scan gets the SiLU output as it is, channels-last, no copy; with gradients
     # a contiguous channel-first map; the outputs are the same
     import mmvmamba.models.ss2d as ss2d_module
     torch.manual_seed(0)
     op = ss2d_module.SS2D(8, scan_backend=backend).eval()
     x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    monkeypatch.delenv('VMAMBA_SCAN_CHANNELS_LAST', raising=False)
     scanned = _record_scan_inputs(monkeypatch)
     with torch.no_grad():
         y_inference = op(x)
     y_train = op(x)
     (inference, _), (train, _) = scanned
     assert train.is_contiguous()
-    if backend == 'torch':
-        assert inference.is_contiguous(memory_format=torch.channels_last)
-        assert not inference.is_contiguous()
-    else:
-        assert inference.is_contiguous()
+    assert inference.is_contiguous(memory_format=torch.channels_last)
+    assert not inference.is_contiguous()
     assert torch.allclose(y_inference, y_train, rtol=1e-5, atol=1e-6)
 
 
@@ -252,17 +251,21 @@ def test_ss2d_hands_the_channels_last_kernels_the_map_as_it_is(monkeypatch):
 
 
 def test_ss2d_hands_the_map_channels_last_only_without_gradients_when_asked(monkeypatch):
-    # $VMAMBA_SCAN_CHANNELS_LAST=inference: the forward without gradients gets the map as the
-    # convolution left it, a training forward gets it channel-first; both outputs equal the
-    # chunked kernels'
+    # $VMAMBA_SCAN_CHANNELS_LAST=inference (the default): the forward without gradients gets the
+    # map as the convolution left it, a training forward gets it channel-first; both outputs
+    # equal the chunked kernels'
     import mmvmamba.models.ss2d as ss2d_module
     torch.manual_seed(0)
     op = ss2d_module.SS2D(8, scan_backend='triton')
     x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setenv('VMAMBA_SCAN_CHANNELS_LAST', '0')
     with torch.no_grad():
         y_chunked = op(x)
-    monkeypatch.setenv('VMAMBA_SCAN_CHANNELS_LAST', 'inference')
-    for grad in (False, True):
+    for mode, grad in ((None, False), (None, True), ('inference', False), ('inference', True)):
+        if mode is None:
+            monkeypatch.delenv('VMAMBA_SCAN_CHANNELS_LAST', raising=False)
+        else:
+            monkeypatch.setenv('VMAMBA_SCAN_CHANNELS_LAST', mode)
         scanned = _record_scan_inputs(monkeypatch)
         with torch.set_grad_enabled(grad):
             y = op(x)

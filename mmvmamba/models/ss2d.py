@@ -92,7 +92,7 @@ class SS2D(nn.Module):
 
     def _scan_reads_channels_last(self, x, backend):
         """Whether the scan reads x stored channels-last (the Triton kernels of
-        ``vmamba_kernels.ss2d_n1_cl``, opt-in by ``$VMAMBA_SCAN_CHANNELS_LAST``): then the map
+        ``vmamba_kernels.ss2d_n1_cl``, where ``$VMAMBA_SCAN_CHANNELS_LAST`` says): then the map
         is handed over as the convolution left it."""
         return backend == 'triton' and self.d_state == 1 and channels_last_scan(
             *x.shape[2:], inference=not wants_grad(x))

@@ -100,12 +100,14 @@ def test_channels_last_under_torch_compile_matches_eager():
 
 
 @pytest.mark.parametrize('mode,size,options,expected', [
-    (None, 5, {}, False), ('0', 5, {}, False), ('small', 5, {}, True), ('small', 23, {}, False),
+    (None, 5, {}, True), (None, 23, {}, False), ('0', 5, {}, False), ('small', 5, {}, True),
+    ('small', 23, {}, False),
     ('all', 23, {}, True), ('all', 5, dict(block_l=16), True),
     ('all', 5, dict(transpose_columns=False), False), ('all', 5, dict(whole_map=True), False)])
 def test_switch_routes_to_channels_last_kernels(mode, size, options, expected, monkeypatch):
-    # '$VMAMBA_SCAN_CHANNELS_LAST': off by default, 'small' below 512 positions (23 x 23 is 529),
-    # 'all' every map; an option of the other kernels keeps them
+    # '$VMAMBA_SCAN_CHANNELS_LAST': by default 'inference' (below 512 positions, 23 x 23 being
+    # 529, without gradients, as here), '0' off, 'small' below 512 positions, 'all' every map;
+    # an option of the other kernels keeps them
     if mode is None:
         monkeypatch.delenv(ss2d_n1_cl.CHANNELS_LAST_ENV, raising=False)
     else:
