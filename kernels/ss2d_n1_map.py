@@ -205,7 +205,9 @@ def _ss2d_bwd_map_kernel(x_ptr, dtl_ptr, w_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D
 # faster than the chunked one anywhere: docs/kernels.md). Without gradients (inference), the
 # forward alone runs: maps padded to at most INFERENCE_MAP_POSITIONS positions take it (7 x 7,
 # stage 4 at 224 x 224: 0.23 against 0.38 ms per call on the H200). The environment variable
-# overrides both for a whole run.
+# overrides both for a whole run. The channels-last kernels come first where they are switched
+# on: by default (``ss2d_n1_cl.DEFAULT_CHANNELS_LAST``) every map below 512 positions without
+# gradients, so this limit applies with ``$VMAMBA_SCAN_CHANNELS_LAST=0``.
 MAX_MAP_POSITIONS = 0
 INFERENCE_MAP_POSITIONS = 64
 MAX_MAP_POSITIONS_ENV = 'VMAMBA_WHOLE_MAP_POSITIONS'
