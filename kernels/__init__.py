@@ -15,9 +15,10 @@ from OpenMMLab. Public entry points (routing in ``dispatch.py``):
 Modules: ``ss2d_n1.py`` (Triton, d_state 1, chunked), ``ss2d_n1_map.py`` (Triton, d_state 1,
 whole small maps per program; opt-in), ``ss2d_n1_cl.py`` (Triton, d_state 1, channels-last
 maps; by default small maps without gradients, :func:`channels_last_scan` says where),
-``ss2d_triton.py`` (Triton, any d_state), ``triton_math.py`` (device functions both use), ``layernorm2d.py``, ``compile_ops.py`` (every
-launch a ``torch.library`` custom op under ``torch.compile``), ``ss2d_grid.py`` and
-``reference.py`` (torch), ``checks.py`` (input validation).
+``ss2d_triton.py`` (Triton, any d_state), ``triton_math.py`` (device functions both use),
+``layernorm2d.py``, ``compile_ops.py`` (every launch a ``torch.library`` custom op under
+``torch.compile``), ``ss2d_grid.py`` and ``reference.py`` (torch), ``checks.py`` (input
+validation).
 """
 from .checks import check_tensor
 from .dispatch import (BACKEND_ENV, BACKENDS, layer_norm_2d, resolve_backend, ss2d_scan,

@@ -131,9 +131,9 @@ def test_whole_map_scan_on_cuda_matches_float64(shape):
 @pytest.mark.parametrize('shape', [(2, 384, 14, 14, 24, 1), (2, 768, 7, 7, 48, 1),
                                    (1, 40, 9, 23, 3, 1)])
 def test_channels_last_scan_on_cuda_matches_float64(shape):
-    # the opt-in channels-last kernels (compiled; VMamba-T stages 3 and 4, a map walked by
-    # columns with a part-filled channel block), x stored channels-last as SS2D hands it over:
-    # forward and backward at the training tile, the forward alone at the inference tile
+    # the channels-last kernels (compiled; VMamba-T stages 3 and 4, a map walked by columns with
+    # a part-filled channel block), x stored channels-last as SS2D hands it over: forward and
+    # backward at the training tile (opt-in), the forward alone at the inference tile (default)
     from .kernels.naive import naive_ss2d
     from .kernels.test_ss2d_scan import forward_and_grads, make_inputs, rel_err
     from vmamba_kernels.ss2d_n1 import ss2d_scan_n1
