@@ -37,7 +37,7 @@ import triton.language as tl
 from .checks import env_choice, env_int, wants_grad
 from .compile_ops import opaque_under_compile
 from .map_transpose import add_transposed, transposed
-from .ss2d_n1_cl import channels_last_scan, ss2d_scan_n1_channels_last
+from .ss2d_n1_cl import CL_TILES, channels_last_scan, ss2d_scan_n1_channels_last
 from .ss2d_n1_map import launch_backward_map, launch_forward_map, map_fits, map_launch_config
 from .triton_math import _channel_params, _chunk_grads, _combine, _combine_grad, _softplus
 
@@ -900,15 +900,17 @@ def ss2d_scan_n1(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D=None, transpose_col
     channels-last (``tiles``: theirs, :func:`ss2d_n1_cl.cl_launch_config`) and returns y stored
     channels-last; None: as ``$VMAMBA_SCAN_CHANNELS_LAST`` says for this map and whether a
     gradient is wanted (:func:`ss2d_n1_cl.channels_last_scan`: by default maps below 512
-    positions when none is) when no option of the other kernels is given. The other kernels
-    read x channel-first (a channels-last x is copied).
+    positions when none is) when no option of the other kernels is given (the tiles both
+    families take, ``ss2d_n1_cl.CL_TILES``, go to the kernels chosen; any other keeps the
+    chunked kernels). The other kernels read x channel-first (a channels-last x is copied).
     """
     height, width = x.shape[2], x.shape[3]
     length = height * width
     out_x = out_dtype is not None and out_dtype != torch.float32  # (checked: x's dtype)
     inference = not wants_grad(x, dt_low, dt_weight, dt_bias, A, Bs, Cs, D)
     if channels_last is None:
-        others = (transpose_columns, project_first, whole_map, map_block_c, map_num_warps)
+        others = (transpose_columns, project_first, whole_map, map_block_c, map_num_warps,
+                  *(v for k, v in tiles.items() if k not in CL_TILES))
         channels_last = all(v is None for v in others) and channels_last_scan(height, width,
                                                                               inference)
     if channels_last:

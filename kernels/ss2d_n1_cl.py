@@ -37,7 +37,7 @@ from .compile_ops import opaque_under_compile
 from .triton_math import _channel_params, _chunk_grads, _combine, _combine_grad, _softplus
 
 __all__ = ['channels_last_scan', 'cl_launch_config', 'ss2d_scan_n1_channels_last',
-           'CHANNELS_LAST_ENV']
+           'CHANNELS_LAST_ENV', 'CL_TILES']
 
 CHANNELS_LAST_ENV = 'VMAMBA_SCAN_CHANNELS_LAST'
 CHANNELS_LAST_CHOICES = {'0': 'off', 'inference': 'maps below 512 positions, without gradients',
@@ -45,6 +45,9 @@ CHANNELS_LAST_CHOICES = {'0': 'off', 'inference': 'maps below 512 positions, wit
 # H100, compiled inference at batch 128, fp16 (docs/kernels.md): VMamba-T 7681 / 8043 -> 8320 /
 # 8422 img/s, S 4018 -> 4534, B 2932 -> 3269 against '0'
 DEFAULT_CHANNELS_LAST = 'inference'
+# the launch options these kernels take (:func:`cl_launch_config`); the chunked kernels' others
+# (segments, register caps, the backward's sums) keep a call on the chunked kernels
+CL_TILES = ('block_c', 'block_l', 'num_warps', 'bwd_block_c', 'bwd_num_warps', 'fp16_sums')
 
 
 def channels_last_scan(height: int, width: int, inference: bool = False) -> bool:

@@ -102,12 +102,14 @@ def test_channels_last_under_torch_compile_matches_eager():
 @pytest.mark.parametrize('mode,size,options,expected', [
     (None, 5, {}, True), (None, 23, {}, False), ('0', 5, {}, False), ('small', 5, {}, True),
     ('small', 23, {}, False),
-    ('all', 23, {}, True), ('all', 5, dict(block_l=16), True),
-    ('all', 5, dict(transpose_columns=False), False), ('all', 5, dict(whole_map=True), False)])
+    ('all', 23, {}, True), ('all', 5, dict(block_l=16), True), (None, 5, dict(block_c=4), True),
+    ('all', 5, dict(transpose_columns=False), False), ('all', 5, dict(whole_map=True), False),
+    (None, 5, dict(bwd_maxnreg=88), False), ('all', 5, dict(segments=2), False),
+    (None, 5, dict(bwd_sum_rows=2), False)])
 def test_switch_routes_to_channels_last_kernels(mode, size, options, expected, monkeypatch):
     # '$VMAMBA_SCAN_CHANNELS_LAST': by default 'inference' (below 512 positions, 23 x 23 being
     # 529, without gradients, as here), '0' off, 'small' below 512 positions, 'all' every map;
-    # an option of the other kernels keeps them
+    # an option of the other kernels keeps them, tiles both families take go to the one chosen
     if mode is None:
         monkeypatch.delenv(ss2d_n1_cl.CHANNELS_LAST_ENV, raising=False)
     else:
@@ -144,6 +146,14 @@ def test_inference_switch_routes_only_without_gradients(size, grad, expected, mo
     assert (forward['BLOCK_C'], forward['BLOCK_L'], forward['num_warps']) == (16, 32, 1)
     forward, backward = tiles()
     assert (forward['BLOCK_C'], forward['BLOCK_L'], backward['BLOCK_C']) == (32, 8, 128)
+
+
+def test_tiles_both_families_take_are_those_of_the_launch_config():
+    # CL_TILES decides which options may go to these kernels (any other keeps the chunked ones)
+    import inspect
+    params = set(inspect.signature(ss2d_n1_cl.cl_launch_config).parameters) - {'inference'}
+    assert set(ss2d_n1_cl.CL_TILES) == params
+    assert params < set(inspect.signature(ss2d_n1.n1_launch_config).parameters)
 
 
 def test_bad_switch_value_and_tiles(monkeypatch):

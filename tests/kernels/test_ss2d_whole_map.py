@@ -12,6 +12,13 @@ from .test_ss2d_scan import (PARAMS, check_against_reference, check_compiled_mat
                              forward_and_grads, make_inputs, rel_err)
 
 
+@pytest.fixture(autouse=True)
+def channels_last_kernels_off(monkeypatch):
+    # small maps without gradients go to the channels-last kernels by default; the whole-map
+    # kernels' own routing applies where those are off
+    monkeypatch.setenv('VMAMBA_SCAN_CHANNELS_LAST', '0')
+
+
 def whole_map(**options):
     return lambda **kw: ss2d_n1.ss2d_scan_n1(**kw, whole_map=True, **options)  # noqa: E731
 
