@@ -127,3 +127,32 @@ def test_cpu_inference_ab_times_both_forms_of_one_model(variant):
     for name in ('eager', variant):
         times = re.search(rf'{name} +ms per batch, by round: ([0-9. ]+) \(median', out).group(1)
         assert len(times.split()) == 2 and all(float(t) > 0 for t in times.split()), out
+
+
+def test_benchmark_scan_sweep_times_the_kernels_its_configs_name(monkeypatch):
+    # the forward-only timing runs without gradients, which by default sends a small map to the
+    # channels-last kernels: a sweep config times them only where it names them
+    import argparse
+    import benchmark_scan
+    import torch
+    from vmamba_kernels import ss2d_n1
+    routed = []
+    monkeypatch.setattr(ss2d_n1, 'ss2d_scan_n1_channels_last',
+                        lambda *args, **kw: routed.append('channels-last') or args[0])
+    monkeypatch.setattr(ss2d_n1.SS2DScanN1Function, 'apply',
+                        lambda *args: routed.append('chunked') or args[0])
+    monkeypatch.setattr(benchmark_scan, 'STAGES', {'tiny': {3: (5, 4, 2)}})
+
+    def bench(fn, inp, backward, reps, graphs=False):
+        with torch.no_grad():
+            fn(inp)
+        return 1.0
+
+    monkeypatch.setattr(benchmark_scan, 'bench', bench)
+    monkeypatch.delenv('VMAMBA_SCAN_CHANNELS_LAST', raising=False)
+    args = argparse.Namespace(stages=[3], arch='tiny', map=None, batch=1, d_state=1,
+                              dtype='fp32', configs=['4x32x1', 'fp16_sums=1', 'channels_last=1'],
+                              out_map_dtype=False, check=False, check_batch=1, forward_only=True,
+                              graphs=False)
+    benchmark_scan.sweep(args, torch.device('cpu'))
+    assert routed == ['chunked', 'chunked', 'channels-last']

@@ -3,7 +3,9 @@
 For each stage shape of VMamba-T at 224x224 (stage 1: 56x56, d_inner 96, ... stage 4: 7x7, 768;
 ``--arch small`` / ``base``: VMamba-S's, d_inner 192 ... 1536, or VMamba-B's, 256 ... 2048),
 batch 128, bf16 inputs (``--dtype``), d_state 1, it times forward and forward+backward of
-  fused    - vmamba_kernels.ss2d_scan (Triton: reads the map in 4 orders, merged output),
+  fused    - vmamba_kernels.ss2d_scan (Triton: reads the map in 4 orders, merged output; as
+             routed by default, so the forward alone of a map below 512 positions runs the
+             channels-last kernels, here on a copy of the channel-first x),
   unfused  - materialized cross-scan (torch) + the same scan kernel per direction + torch merge,
   torch    - the torch path (the model's CPU path) on the GPU,
 against the byte floor (forward: read x once, write y once; forward+backward adds reading x and
@@ -89,6 +91,10 @@ def sweep(args, dev):
             for flag in ('transpose_columns', 'whole_map', 'project_first', 'channels_last'):
                 if flag in config:
                     config[flag] = bool(config[flag])
+            if args.d_state == 1:
+                # a config times the channels-last kernels only where it names them: by default
+                # the forward-only timing (no gradients) of a small map would go to them
+                config.setdefault('channels_last', False)
             fn = fused_with(config, _out_dtype(args, inp))
             # the channels-last kernels get x stored channels-last, as the model hands it
             # them (a channel-first x would add a copy the model does not make)
