@@ -26,6 +26,7 @@ maps also in training (the training pair is slower); ``all``: every map; ``0``: 
 ``channels_last=True`` of :func:`vmamba_kernels.ss2d_n1.ss2d_scan_n1`;
 :func:`channels_last_scan` tells the model which layout to hand the scan.
 """
+import inspect
 from typing import Optional, Tuple
 
 import torch
@@ -45,9 +46,6 @@ CHANNELS_LAST_CHOICES = {'0': 'off', 'inference': 'maps below 512 positions, wit
 # H100, compiled inference at batch 128, fp16 (docs/kernels.md): VMamba-T 7681 / 8043 -> 8320 /
 # 8422 img/s, S 4018 -> 4534, B 2932 -> 3269 against '0'
 DEFAULT_CHANNELS_LAST = 'inference'
-# the launch options these kernels take (:func:`cl_launch_config`); the chunked kernels' others
-# (segments, register caps, the backward's sums) keep a call on the chunked kernels
-CL_TILES = ('block_c', 'block_l', 'num_warps', 'bwd_block_c', 'bwd_num_warps', 'fp16_sums')
 
 
 def channels_last_scan(height: int, width: int, inference: bool = False) -> bool:
@@ -79,12 +77,15 @@ def cl_launch_config(block_c=None, block_l=None, num_warps=None, bwd_block_c=Non
                 raise ValueError(f'{name} must be a power of two, got {value}')
         return dict(BLOCK_C=c, BLOCK_L=l, num_warps=w, fp16_sums=fp16)
 
-    if inference:
-        return (launch(block_c or 16, block_l or 32, num_warps or 1),
-                launch(bwd_block_c or 128, block_l or 32, bwd_num_warps or 4))
-    block_l = block_l or 8
-    return (launch(block_c or 32, block_l, num_warps or 1),
+    block_l = block_l or (32 if inference else 8)
+    return (launch(block_c or (16 if inference else 32), block_l, num_warps or 1),
             launch(bwd_block_c or 128, block_l, bwd_num_warps or 4))
+
+
+# the launch options these kernels take; the chunked kernels' others (segments, register caps,
+# the backward's sums) keep a call on the chunked kernels
+CL_TILES = tuple(name for name in inspect.signature(cl_launch_config).parameters
+                 if name != 'inference')
 
 
 @triton.jit
