@@ -26,41 +26,42 @@ def compiled_triton():
                     'TRITON_INTERPRET=0 (make test-gpu)')
 
 
+def _check_on_cuda_against_float64(fn, shape, seed, reference, channels_last_x=False):
+    """``fn`` on the GPU (x stored channels-last with ``channels_last_x``) against
+    ``reference`` in float64, on ``make_inputs(*shape, seed)``: the output within 1e-5, every
+    gradient within 1e-4. Returns the GPU inputs and the reference output."""
+    from .kernels.test_ss2d_scan import forward_and_grads, make_inputs, rel_err
+    inputs = make_inputs(*shape, seed=seed)
+    grad = torch.randn(inputs['x'].shape, dtype=torch.float64)
+    y_ref, g_ref = forward_and_grads(reference, {k: v.double() for k, v in inputs.items()},
+                                     grad)
+    cuda = {k: v.cuda() for k, v in inputs.items()}
+    if channels_last_x:
+        cuda['x'] = cuda['x'].contiguous(memory_format=torch.channels_last)
+    y, g = forward_and_grads(fn, cuda, grad.cuda())
+    assert y.is_cuda and rel_err(y.cpu(), y_ref) < 1e-5
+    for name, ref in g_ref.items():
+        assert rel_err(g[name].cpu(), ref) < 1e-4, name
+    return cuda, y_ref
+
+
 @pytest.mark.parametrize('shape', [(2, 24, 9, 11, 3, 1), (1, 96, 56, 56, 6, 1),
                                    (2, 20, 7, 5, 4, 4), (2, 384, 14, 14, 24, 1)])
 def test_triton_scan_on_cuda_matches_float64(shape):
     from .kernels.naive import naive_ss2d
-    from .kernels.test_ss2d_scan import forward_and_grads, make_inputs, rel_err
     import vmamba_kernels as vk
-    inputs = make_inputs(*shape, seed=1)
-    grad = torch.randn(inputs['x'].shape, dtype=torch.float64)
-    if shape[2] * shape[3] > 1000:  # the step-by-step reference is too slow there
-        ref_fn = lambda **kw: vk.ss2d_scan_chunked(**kw)  # noqa: E731
-    else:
-        ref_fn = naive_ss2d
-    y_ref, g_ref = forward_and_grads(ref_fn, {k: v.double() for k, v in inputs.items()}, grad)
-    cuda = {k: v.cuda() for k, v in inputs.items()}
-    y, g = forward_and_grads(lambda **kw: vk.ss2d_scan(**kw, backend='triton'), cuda,
-                             grad.cuda())
-    assert y.is_cuda and rel_err(y.cpu(), y_ref) < 1e-5
-    for name, ref in g_ref.items():
-        assert rel_err(g[name].cpu(), ref) < 1e-4, name
+    # the step-by-step reference is too slow above 1000 positions
+    reference = vk.ss2d_scan_chunked if shape[2] * shape[3] > 1000 else naive_ss2d
+    _check_on_cuda_against_float64(lambda **kw: vk.ss2d_scan(**kw, backend='triton'), shape, 1,
+                                   reference)
 
 
 def _check_chunked_n1_on_cuda(shape, seed, **options):
     """``ss2d_scan_n1`` with ``options`` on the GPU against the float64 chunked reference."""
     import vmamba_kernels as vk
     from vmamba_kernels.ss2d_n1 import ss2d_scan_n1
-    from .kernels.test_ss2d_scan import forward_and_grads, make_inputs, rel_err
-    inputs = make_inputs(*shape, seed=seed)
-    grad = torch.randn(inputs['x'].shape, dtype=torch.float64)
-    y_ref, g_ref = forward_and_grads(lambda **kw: vk.ss2d_scan_chunked(**kw),
-                                     {k: v.double() for k, v in inputs.items()}, grad)
-    cuda = {k: v.cuda() for k, v in inputs.items()}
-    y, g = forward_and_grads(lambda **kw: ss2d_scan_n1(**kw, **options), cuda, grad.cuda())
-    assert y.is_cuda and rel_err(y.cpu(), y_ref) < 1e-5
-    for name, ref in g_ref.items():
-        assert rel_err(g[name].cpu(), ref) < 1e-4, name
+    _check_on_cuda_against_float64(lambda **kw: ss2d_scan_n1(**kw, **options), shape, seed,
+                                   vk.ss2d_scan_chunked)
 
 
 @pytest.mark.parametrize('shape,segments', [((1, 96, 100, 167, 6, 1), 16),
@@ -115,17 +116,9 @@ def test_scan_backward_bitwise_deterministic_on_cuda_when_asked():
 def test_whole_map_scan_on_cuda_matches_float64(shape):
     # the opt-in whole-map kernels (compiled, real VMamba stage shapes) against float64
     from .kernels.naive import naive_ss2d
-    from .kernels.test_ss2d_scan import forward_and_grads, make_inputs, rel_err
     from vmamba_kernels.ss2d_n1 import ss2d_scan_n1
-    inputs = make_inputs(*shape, seed=2)
-    grad = torch.randn(inputs['x'].shape, dtype=torch.float64)
-    y_ref, g_ref = forward_and_grads(naive_ss2d, {k: v.double() for k, v in inputs.items()},
-                                     grad)
-    cuda = {k: v.cuda() for k, v in inputs.items()}
-    y, g = forward_and_grads(lambda **kw: ss2d_scan_n1(**kw, whole_map=True), cuda, grad.cuda())
-    assert y.is_cuda and rel_err(y.cpu(), y_ref) < 1e-5
-    for name, ref in g_ref.items():
-        assert rel_err(g[name].cpu(), ref) < 1e-4, name
+    _check_on_cuda_against_float64(lambda **kw: ss2d_scan_n1(**kw, whole_map=True), shape, 2,
+                                   naive_ss2d)
 
 
 @pytest.mark.parametrize('shape', [(2, 384, 14, 14, 24, 1), (2, 768, 7, 7, 48, 1),
@@ -135,19 +128,10 @@ def test_channels_last_scan_on_cuda_matches_float64(shape):
     # a part-filled channel block), x stored channels-last as SS2D hands it over: forward and
     # backward at the training tile (opt-in), the forward alone at the inference tile (default)
     from .kernels.naive import naive_ss2d
-    from .kernels.test_ss2d_scan import forward_and_grads, make_inputs, rel_err
+    from .kernels.test_ss2d_scan import rel_err
     from vmamba_kernels.ss2d_n1 import ss2d_scan_n1
-    inputs = make_inputs(*shape, seed=7)
-    grad = torch.randn(inputs['x'].shape, dtype=torch.float64)
-    y_ref, g_ref = forward_and_grads(naive_ss2d, {k: v.double() for k, v in inputs.items()},
-                                     grad)
-    cuda = {k: v.cuda() for k, v in inputs.items()}
-    cuda['x'] = cuda['x'].contiguous(memory_format=torch.channels_last)
     fn = lambda **kw: ss2d_scan_n1(**kw, channels_last=True)  # noqa: E731
-    y, g = forward_and_grads(fn, cuda, grad.cuda())
-    assert y.is_cuda and rel_err(y.cpu(), y_ref) < 1e-5
-    for name, ref in g_ref.items():
-        assert rel_err(g[name].cpu(), ref) < 1e-4, name
+    cuda, y_ref = _check_on_cuda_against_float64(fn, shape, 7, naive_ss2d, channels_last_x=True)
     with torch.no_grad():
         y_inference = fn(**{k: v.detach() for k, v in cuda.items()})
     assert rel_err(y_inference.cpu(), y_ref) < 1e-5
